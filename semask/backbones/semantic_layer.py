@@ -1,0 +1,78 @@
+"""The SeMask semantic layer: the paper's contribution, exactly as the original code computes it.
+
+Per stage, after the Swin blocks: ``x <- LN(x)``; then, in non-overlapping (never shifted) windows or over all tokens,
+``Q = mlp_cls_q(x)`` (the semantic-prior map), ``A = softmax(Q @ mlp_cls_k(x)^T)`` (single head, no 1/sqrt(d)
+scaling), ``out = x + gamma * mlp_res(A @ mlp_v(x))``. The residual is the *normalised* x (quirk Q4 of the original).
+Windowed layers zero-pad right/bottom after the LayerNorm and do not mask the pad tokens (quirk Q5): border outputs
+depend on the padding, which is what the released weights were trained with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import pad_hw, window_partition, window_reverse
+
+ATTN_IMPLS = ("sdpa", "eager")
+
+
+class SemanticAttention(nn.Module):
+    """One SeMask attention block (`class_injection.j` in the original checkpoints)."""
+
+    def __init__(self, dim: int, num_classes: int, *, proj_drop: float = 0.1, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.mlp_cls_q = nn.Linear(dim, num_classes)
+        self.mlp_cls_k = nn.Linear(dim, num_classes)
+        self.mlp_v = nn.Linear(dim, dim)
+        self.mlp_res = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.attn_impl = attn_impl
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B', N, C] (already LayerNorm-ed) -> (prior logits [B', N, K], features [B', N, C])."""
+        q = self.mlp_cls_q(x)  # [B', N, K]: the semantic-prior map
+        k = self.mlp_cls_k(x)  # [B', N, K]
+        v = self.mlp_v(x)  # [B', N, C]
+        if self.attn_impl == "eager":
+            y = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            # Single head, q/k width K, v width C, no scaling: scale=1.0 reproduces the original formula.
+            y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
+        y = self.proj_drop(self.mlp_res(y))
+        return q, x + self.gamma * y
+
+
+class SemanticLayer(nn.Module):
+    """LayerNorm + SemanticAttention blocks over windows of `window_size` tokens, or over all tokens if None."""
+
+    def __init__(self, dim: int, num_classes: int, *, window_size: int | None, num_blocks: int = 1,
+                 attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"num_sem_blocks must be >= 1, got {num_blocks}")
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.class_injection = nn.ModuleList(
+            SemanticAttention(dim, num_classes, attn_impl=attn_impl) for _ in range(num_blocks))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, H, W, C] -> (features [B, H, W, C], prior logits [B, H, W, K])."""
+        b, h, w, c = x.shape
+        x = self.norm1(x)
+        if self.window_size is None:
+            tokens = x.reshape(b, h * w, c)
+        else:
+            x = pad_hw(x, self.window_size)  # pad AFTER the norm: pad tokens are exact zeros, as the original
+            hp, wp = x.shape[1:3]
+            tokens = window_partition(x, self.window_size)  # [B * nW, ws * ws, C]
+        q = tokens
+        for blk in self.class_injection:  # chained; the last block's Q is the prior map (as the original)
+            q, tokens = blk(tokens)
+        if self.window_size is None:
+            return tokens.view(b, h, w, c), q.view(b, h, w, -1)
+        out = window_reverse(tokens, self.window_size, hp, wp)[:, :h, :w]
+        prior = window_reverse(q, self.window_size, hp, wp)[:, :h, :w]
+        return out, prior

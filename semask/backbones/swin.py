@@ -1,0 +1,277 @@
+"""Swin Transformer backbone as the SeMask/mmseg code runs it, with an optional semantic layer per stage.
+
+Written here rather than taken from timm because the numerics must match the original segmentation Swin: features
+are zero-padded to a multiple of the window AFTER `norm1` and cropped after attention (pad-then-roll), the shift is
+applied even when a stage is smaller than the window, PatchMerging pads odd sizes, and the semantic layer sits
+between the blocks and PatchMerging. Parameter names follow the original checkpoints so conversion is a rename.
+All tensors inside a stage are channels-last grids [B, H, W, C]; the backbone takes and returns NCHW.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import check_image_batch, pad_hw, window_partition, window_reverse
+from .semantic_layer import ATTN_IMPLS, SemanticAttention, SemanticLayer
+
+MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """[w*w, w*w] index into the (2w-1)^2 bias table, in the original's order."""
+    ar = torch.arange(window, device="cpu")  # always on CPU: a meta-device build still gets the real index
+    coords = torch.stack(torch.meshgrid(ar, ar, indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)  # [N, N, 2]
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """[nW, N, N] additive mask (0 / -100) for shifted windows of a padded hp x wp grid, as the original builds it."""
+    img = torch.zeros(1, hp, wp, 1, device=device)
+    cnt = 0
+    for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+        for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
+            img[:, hs, ws, :] = cnt
+            cnt += 1
+    win = window_partition(img, window).squeeze(-1)  # [nW, N]
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return diff.masked_fill(diff != 0, MASK_VALUE).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, *, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_impl = attn_impl
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    def relative_bias(self) -> torch.Tensor:
+        """[nH, N, N] relative-position bias."""
+        n = self.window_size ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+    def combined_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """[nW or 1, nH, N, N] bias + shift mask, built once per (mask, dtype) and reused while weights are fixed."""
+        table = self.relative_position_bias_table
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
+        key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype, table._version)
+        if cacheable and key in self._bias_cache:
+            return self._bias_cache[key]
+        bias = self.relative_bias().unsqueeze(0)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1)
+        bias = bias.to(dtype).contiguous()
+        if cacheable:
+            if len(self._bias_cache) >= 16:  # many input sizes: keep the cache bounded
+                self._bias_cache.clear()
+            self._bias_cache[key] = bias
+        return bias
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B * nW, N, C], mask [nW, N, N] or None -> [B * nW, N, C]."""
+        bw, n, c = x.shape
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B * nW, nH, N, d]
+        if self.attn_impl == "eager":  # the original formula, kept for comparison
+            attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_bias().unsqueeze(0)
+            if mask is not None:
+                nw = mask.shape[0]
+                attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+                attn = attn.view(-1, self.num_heads, n, n)
+            x = attn.softmax(dim=-1) @ v
+        else:
+            bias = self.combined_bias(mask, q.dtype)  # [nW, nH, N, N]
+            nw = bias.shape[0]
+            # Fold windows into the head dimension so one [1, nW*nH, N, N] bias broadcasts over the batch.
+            q, k, v = (t.reshape(bw // nw, nw * self.num_heads, n, -1) for t in (q, k, v))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, -1, n, n), scale=self.scale)
+            x = x.view(bw, self.num_heads, n, -1)
+        return self.proj(x.transpose(1, 2).reshape(bw, n, c))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm (shifted-)window attention + MLP, padding after `norm1` as the original segmentation Swin."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, *, shift: int, mlp_ratio: float,
+                 drop_path: float, attn_impl: str) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, attn_impl=attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, H, W, C]."""
+        _, h, w, c = x.shape
+        ws, s = self.window_size, self.shift
+        y = pad_hw(self.norm1(x), ws)
+        hp, wp = y.shape[1:3]
+        mask = None
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+            mask = shift_mask(hp, wp, ws, s, y.device)
+        y = self.attn(window_partition(y, ws), mask)  # [B * nW, ws * ws, C]
+        y = window_reverse(y, ws, hp, wp)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        x = x + self.drop_path(y[:, :h, :w])
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat (odd sizes zero-padded) -> LayerNorm(4C) -> Linear(4C -> 2C)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]."""
+        _, h, w, _ = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        # The original's order: [0::2, 0::2], [1::2, 0::2], [0::2, 1::2], [1::2, 1::2].
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify after right/bottom zero-padding to a multiple of the patch size, then LayerNorm."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C_in, H, W] -> [B, ceil(H/p), ceil(W/p), C]."""
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        if h % p or w % p:
+            x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class SwinStage(nn.Module):
+    """`layers.i`: Swin blocks, then the semantic layer (SeMask), then PatchMerging (all but the last stage)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, *, mlp_ratio: float,
+                 drop_path: Sequence[float], semantic: SemanticLayer | None, downsample: bool,
+                 attn_impl: str) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, shift=0 if i % 2 == 0 else window_size // 2,
+                      mlp_ratio=mlp_ratio, drop_path=drop_path[i], attn_impl=attn_impl)
+            for i in range(depth))
+        if semantic is not None:
+            self.semantic_layer = semantic
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x [B, H, W, C] -> (stage output [B, H, W, C], prior [B, H, W, K] or None, next input or None)."""
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        prior = None
+        if hasattr(self, "semantic_layer"):
+            x, prior = self.semantic_layer(x)
+        return x, prior, (self.downsample(x) if self.downsample is not None else None)
+
+
+class SwinBackbone(nn.Module):
+    """(SeMask) Swin: NCHW image batch -> (per-stage NCHW features, per-stage NCHW prior logits).
+
+    `semantic_attention` gives, per stage, "window" (windows of `sem_window_size`, never shifted) or "global"
+    (all tokens) semantic attention; None builds the plain Swin baseline (no semantic layers, no priors).
+    """
+
+    def __init__(self, *, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
+                 mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3, drop_path_rate: float = 0.3,
+                 semantic_attention: Sequence[str] | None = None, sem_window_size: int | None = None,
+                 sem_num_classes: int | None = None, num_sem_blocks: int = 1, attn_impl: str = "sdpa") -> None:
+        super().__init__()
+        n = len(depths)
+        if len(num_heads) != n:
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        if semantic_attention is not None:
+            if len(semantic_attention) != n or not set(semantic_attention) <= {"window", "global"}:
+                raise ValueError(f"semantic_attention needs one of 'window'/'global' per stage ({n}), "
+                                 f"got {tuple(semantic_attention)}")
+            if sem_num_classes is None or ("window" in semantic_attention and not sem_window_size):
+                raise ValueError("a SeMask backbone needs sem_num_classes and, for windowed stages, sem_window_size")
+        self.in_chans = in_chans
+        self.dims = [embed_dim * 2 ** i for i in range(n)]
+        self.semantic = semantic_attention is not None
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        total = sum(depths)  # linear 0 -> drop_path_rate over all blocks, computed in Python (meta-device builds)
+        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        self.layers = nn.ModuleList()
+        for i, (dim, depth) in enumerate(zip(self.dims, depths, strict=True)):
+            semantic = None
+            if semantic_attention is not None:
+                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=num_sem_blocks, attn_impl=attn_impl,
+                                         window_size=sem_window_size if semantic_attention[i] == "window" else None)
+            self.layers.append(SwinStage(
+                dim, depth, num_heads[i], window_size, mlp_ratio=mlp_ratio, semantic=semantic,
+                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < n - 1, attn_impl=attn_impl))
+        for i, dim in enumerate(self.dims):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """x [B, C_in, H, W] -> ([B, C_i, H/4/2^i, W/4/2^i] per stage, [B, K, same] per stage or [])."""
+        check_image_batch(x, self.in_chans)
+        x = self.patch_embed(x)
+        feats, priors = [], []
+        for i, layer in enumerate(self.layers):
+            out, prior, x = layer(x)
+            feats.append(getattr(self, f"norm{i}")(out).permute(0, 3, 1, 2).contiguous())
+            if prior is not None:
+                priors.append(prior.permute(0, 3, 1, 2).contiguous())
+        return feats, priors
+
+
+def _init_weights(m: nn.Module) -> None:
+    """The mmseg initialisation: trunc-normal(.02) Linear weights (the semantic layers too), LN 1/0, gamma 0."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, WindowAttention):
+        trunc_normal_(m.relative_position_bias_table, std=0.02)
+    elif isinstance(m, SemanticAttention):
+        nn.init.zeros_(m.gamma)

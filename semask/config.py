@@ -1,0 +1,76 @@
+"""`ModelConfig`: every architecture field of a semask model, including the original's quirks made explicit."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+DECODERS = ("fpn",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Swin (SeMask) + decoder segmentor.
+
+    `semantic_attention` is the quirk the weights cannot tell: per stage "window" (non-overlapping windows of
+    `sem_window_size`) or "global" (all tokens) semantic attention; None means plain Swin (no semantic layers).
+    `sem_num_classes` is the class count of the semantic layers (None: same as `num_classes`); the released
+    COCO-Stuff-10k configs differ here (150 vs 171, quirk Q1), so it is its own field.
+    """
+
+    arch: str
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+    num_classes: int
+    semantic_attention: tuple[str, ...] | None = None
+    sem_window_size: int | None = None
+    sem_num_classes: int | None = None
+    num_sem_blocks: int = 1
+    mlp_ratio: float = 4.0
+    patch_size: int = 4
+    in_chans: int = 3
+    drop_path_rate: float = 0.3
+    decoder: str = "fpn"
+    decoder_channels: int = 256
+    decoder_dropout: float = 0.1
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "num_heads", "semantic_attention"):  # lists from JSON -> tuples
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    @property
+    def semantic(self) -> bool:
+        return self.semantic_attention is not None
+
+    @property
+    def prior_classes(self) -> int:
+        return self.sem_num_classes if self.sem_num_classes is not None else self.num_classes
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with `changes`; unknown field names raise a TypeError listing the valid ones."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown model config field(s) {sorted(unknown)}; valid: "
+                            f"{sorted(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"config has unknown field(s) {sorted(unknown)}; written by a newer semask?")
+        return cls(**d)

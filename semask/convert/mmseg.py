@@ -1,0 +1,175 @@
+"""Original SeMask-FPN / Swin-FPN (mmseg 0.x) checkpoints -> semask.
+
+Our parameter names are the original ones, so conversion is: unwrap the dict, strip `module.`, check and drop the
+`relative_position_index` buffers (we rebuild them), and fail loudly on anything left over. The architecture is read
+from the tensors alone; only the windowed/global semantic layout, which the weights cannot tell, comes from the
+original code's rule (`original_semantic_attention`) unless the caller overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.swin import relative_position_index
+from ..config import ModelConfig
+from ..segmentor import Segmentor, build_model
+
+_log = logging.getLogger(__name__)
+StateDict = dict[str, torch.Tensor]
+
+
+def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
+    """torch.load with `weights_only=True`; `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); download it again")
+    if allow_unsafe:
+        _log.warning("loading %s with weights_only=False: this runs any code the file contains", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
+                         f"({type(err).__name__}: {str(err)[:200]}); download it again") from err
+    except Exception as err:  # pickle.UnpicklingError for disallowed globals, among others
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise ValueError(f"{path} holds Python objects that weights_only loading refuses ({str(err)[:300]}); "
+                             "if you trust the file, pass allow_unsafe=True") from err
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}") from err
+
+
+def unwrap_state_dict(obj: Any) -> StateDict:
+    """Accept {'state_dict': ...}, {'model': ...} or a bare state dict; strip DataParallel `module.` prefixes."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"expected a state dict (or a dict with 'state_dict'/'model'), got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def original_semantic_attention(embed_dim: int, num_cls: int, num_stages: int) -> tuple[str, ...]:
+    """The original SeMask-FPN rule: `embed_dim in (96, 192) and num_cls > 19` -> stages 0-1 windowed and the
+    rest global ('large' variant); otherwise every stage windowed."""
+    if embed_dim in (96, 192) and num_cls > 19:
+        return tuple("window" if i < 2 else "global" for i in range(num_stages))
+    return ("window",) * num_stages
+
+
+def _check_family(sd: StateDict) -> None:
+    keys = list(sd)
+    if any(k.startswith("sem_seg_head.") for k in keys):
+        raise ValueError("this is a detectron2 MaskFormer/Mask2Former checkpoint (keys 'sem_seg_head.*'); "
+                         "this version of semask loads only mmseg SeMask-FPN / Swin-FPN checkpoints")
+    if not any(k.startswith("backbone.layers.") for k in keys):
+        raise ValueError(f"not an mmseg Swin checkpoint: no 'backbone.layers.*' keys (first keys: {keys[:3]}); "
+                         "semask.load_original reads SeMask-FPN / Swin-FPN checkpoints")
+    if not any(k.startswith("decode_head.scale_heads.") for k in keys):
+        heads = sorted({k.split(".")[1] for k in keys if k.startswith("decode_head.")})
+        raise ValueError(f"decode head is not a Semantic FPN (decode_head has {heads}); only FPN heads are supported")
+
+
+def infer_mmseg_config(sd: StateDict, **overrides: Any) -> ModelConfig:
+    """Read the architecture from tensor shapes; the semantic layout follows the original rule unless overridden."""
+    _check_family(sd)
+    proj = sd["backbone.patch_embed.proj.weight"]  # [C, in_chans, p, p]
+    embed_dim = proj.shape[0]
+    stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.layers\.(\d+)\.", k))})
+    if stages != list(range(len(stages))):
+        raise ValueError(f"stage indices {stages} are not contiguous from 0")
+    depths, heads, windows = [], [], set()
+    for i in stages:
+        blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"backbone\.layers\.{i}\.blocks\.(\d+)\.", k))}
+        depths.append(len(blocks))
+        table = sd.get(f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table")
+        if table is not None:
+            heads.append(table.shape[1])
+            windows.add(round((table.shape[0] ** 0.5 + 1) / 2))
+        else:  # a zero-depth stage: heads are irrelevant, keep Swin's doubling
+            heads.append(heads[-1] * 2 if heads else max(1, embed_dim // 32))
+    if len(windows) > 1:
+        raise ValueError(f"stages use different windows {sorted(windows)}; semask models use one window size")
+    window = windows.pop() if windows else 7
+    fc1 = next((v for k, v in sd.items() if k.endswith("blocks.0.mlp.fc1.weight")), None)
+    q = sd.get("backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight")
+    n_sem = len({k.split("class_injection.")[1].split(".")[0] for k in sd if "layers.0.semantic_layer.class_inj" in k})
+    conv_seg = sd["decode_head.conv_seg.weight"]  # [K, channels, 1, 1]
+    fields: dict[str, Any] = dict(
+        arch="original", embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads), window_size=window,
+        patch_size=proj.shape[-1], in_chans=proj.shape[1], num_classes=conv_seg.shape[0],
+        decoder_channels=conv_seg.shape[1], mlp_ratio=fc1.shape[0] / fc1.shape[1] if fc1 is not None else 4.0)
+    if q is not None:
+        fields.update(semantic_attention=original_semantic_attention(embed_dim, q.shape[0], len(stages)),
+                      sem_window_size=window, num_sem_blocks=n_sem,
+                      sem_num_classes=q.shape[0] if q.shape[0] != conv_seg.shape[0] else None)
+    config = ModelConfig(**fields).replace(**overrides)
+    return config.replace(arch=overrides.get("arch") or _registered_arch(config))
+
+
+def _registered_arch(config: ModelConfig) -> str:
+    """The registered architecture with the same sizes, or 'custom'."""
+    from ..registry import ARCHS  # late: the registry imports the loaders
+
+    for name, fields in ARCHS.items():
+        if all(getattr(config, k) == (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()
+               if k in ("embed_dim", "depths", "num_heads", "window_size")) and \
+                (("semantic_attention" in fields) == config.semantic) and not name.startswith("test_"):
+            return name
+    return "custom"
+
+
+def mmseg_to_semask(sd: StateDict, model: Segmentor) -> StateDict:
+    """Map original keys onto `model`'s; a `KeyError` names every key left unmapped or missing."""
+    own = model.state_dict()
+    out: StateDict = {}
+    leftover = []
+    for k, v in sd.items():
+        if k.endswith("attn.relative_position_index"):
+            window = round(v.shape[0] ** 0.5)
+            if not torch.equal(v.long(), relative_position_index(window)):
+                raise ValueError(f"{k} differs from the standard Swin index; this checkpoint is not a standard Swin")
+            continue  # a constant buffer we rebuild
+        if k in own:
+            if own[k].shape != v.shape:
+                raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
+            out[k] = v
+        else:
+            leftover.append(k)
+    missing = sorted(set(own) - set(out))
+    if leftover or missing:
+        raise KeyError(f"checkpoint does not map onto {model.config.arch}: unmapped checkpoint keys {leftover[:20]}"
+                       f"{' ...' if len(leftover) > 20 else ''} ({len(leftover)}); missing model keys {missing[:20]}"
+                       f"{' ...' if len(missing) > 20 else ''} ({len(missing)})")
+    return out
+
+
+def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: bool = False,
+                  **overrides: Any) -> Segmentor:
+    """Build the architecture an original mmseg checkpoint describes and load it (eval mode).
+
+    Args:
+        checkpoint: a path to the `.pth`, or the loaded object (`{'state_dict': ...}`, `{'model': ...}`, bare).
+        allow_unsafe: unpickle arbitrary objects (only for files you trust).
+        overrides: `ModelConfig` fields the tensors cannot tell, e.g. `semantic_attention`, `sem_window_size`.
+    """
+    obj = read_checkpoint(checkpoint, allow_unsafe=allow_unsafe) if isinstance(checkpoint, (str, Path)) \
+        else checkpoint
+    sd = unwrap_state_dict(obj)
+    model = build_model(infer_mmseg_config(sd, **overrides))
+    model.load_state_dict(mmseg_to_semask(sd, model), strict=True)
+    return model.eval()

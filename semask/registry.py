@@ -1,0 +1,99 @@
+"""The ONE table of architectures, and `create_model` / `list_models` / `list_pretrained`.
+
+An architecture (`ARCHS`) fixes sizes; a tag (`arch.tag`, an entry of `weights_manifest.json`) pins what one
+original config built on top of it: classes, which semantic stages are windowed vs global, the semantic window.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .hub import load_manifest, load_pretrained
+from .segmentor import Segmentor, build_model
+
+W, G = "window", "global"
+# size: (embed_dim, depths, num_heads, window) of the Swin backbones the paper uses.
+_SWIN = {
+    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
+    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
+    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
+    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
+}
+# Untagged SeMask defaults = the ADE20K release of each size (original rule: T/S/L 'large' layout WWGG, B all W).
+_SEMANTIC_ADE = {"tiny": (W, W, G, G), "small": (W, W, G, G), "base": (W, W, W, W), "large": (W, W, G, G)}
+
+
+def _swin(size: str, semantic: bool) -> dict[str, Any]:
+    dim, depths, heads, window = _SWIN[size]
+    cfg = dict(embed_dim=dim, depths=depths, num_heads=heads, window_size=window, num_classes=150)
+    if semantic:
+        cfg.update(semantic_attention=_SEMANTIC_ADE[size], sem_window_size=window)
+    return cfg
+
+
+_TEST = dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
+             decoder_channels=16, drop_path_rate=0.1)
+
+ARCHS: dict[str, dict[str, Any]] = {
+    **{f"semask_swin_{s}_fpn": _swin(s, semantic=True) for s in _SWIN},
+    **{f"swin_{s}_fpn": _swin(s, semantic=False) for s in _SWIN},
+    # Tiny models for tests: windowed, mixed windowed/global, a zero-depth stage, and the plain baseline.
+    "test_semask_swin_fpn": dict(_TEST, semantic_attention=(W, W, W, W), sem_window_size=7),
+    "test_semask_swin_fpn_global": dict(_TEST, window_size=4, depths=(1, 0, 2, 1),
+                                        semantic_attention=(W, W, G, G), sem_window_size=5),
+    "test_swin_fpn": dict(_TEST),
+}
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'arch.tag' -> ('arch', 'tag'); 'arch' -> ('arch', None). Unknown names raise a ValueError with choices."""
+    arch, _, tag = name.partition(".")
+    if arch not in ARCHS:
+        close = fnmatch.filter(ARCHS, f"*{arch.split('_')[-1]}*") or sorted(ARCHS)
+        raise ValueError(f"unknown architecture {arch!r}; choose from {close} (semask.list_models())")
+    if tag and name not in load_manifest():
+        tags = [n for n in load_manifest() if n.startswith(arch + ".")]
+        raise ValueError(f"unknown tag {name!r}; {arch} has {tags or 'no tags'}")
+    return arch, tag or None
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The architecture config of `arch` or `arch.tag`, with `overrides` applied last."""
+    arch, tag = split_name(name)
+    fields = dict(ARCHS[arch], arch=arch)
+    if tag:
+        fields.update(load_manifest()[name]["model"])
+    return ModelConfig(**fields).replace(**overrides)
+
+
+def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
+                 **overrides: Any) -> Segmentor:
+    """Build `arch` or `arch.tag`, optionally with weights.
+
+    Args:
+        pretrained: False; True (the tag's published weights); a local safetensors file or folder
+            (`model.safetensors` + `config.json`); or an ORIGINAL checkpoint (.pth), converted on the fly.
+        num_classes: a class count different from the weights' re-initialises only the classifier and the
+            semantic-layer class projections (and logs which tensors).
+        overrides: any `ModelConfig` field, e.g. `attn_impl="eager"`, `drop_path_rate=0.1`.
+    """
+    config = get_config(name, **overrides)
+    if pretrained is False or pretrained is None:
+        if num_classes is not None:
+            config = config.replace(num_classes=num_classes, sem_num_classes=overrides.get("sem_num_classes"))
+        return build_model(config)
+    return load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
+
+
+def list_models(pattern: str = "*", *, include_tags: bool = False) -> list[str]:
+    """Architecture names matching a glob `pattern` (with `include_tags`, every `arch.tag` too)."""
+    names = list(ARCHS) + (list(load_manifest()) if include_tags else [])
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """`arch.tag` names that have released weights (an original checkpoint, and published conversions)."""
+    return sorted(n for n, e in load_manifest().items() if e.get("source") and fnmatch.fnmatch(n, pattern))

@@ -1,0 +1,62 @@
+"""`Segmentor`: backbone -> decoder (+ the parameter-free prior decoder), and `build_model(config)`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backbones import SwinBackbone
+from .config import ModelConfig
+from .decoders import SemanticFPNHead
+from .decoders.fpn import _resize, prior_decoder
+
+
+class Segmentor(nn.Module):
+    """forward(images [B, 3, H, W]) -> {"logits": [B, K, H, W], "prior_logits": [B, K', H, W] (SeMask only)}.
+
+    Keys follow the original mmseg checkpoints (`backbone.*`, `decode_head.*`).
+    """
+
+    def __init__(self, backbone: SwinBackbone, decode_head: SemanticFPNHead, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.config = config
+
+    def forward(self, images: torch.Tensor, *, upsample: bool = True) -> dict[str, torch.Tensor]:
+        """`upsample=False` returns the stride-4 maps the decoders produce, before the bilinear resize."""
+        feats, priors = self.backbone(images)
+        out = {"logits": self.decode_head(feats)}
+        if priors:
+            out["prior_logits"] = prior_decoder(priors)
+        if upsample:
+            out = {k: _resize(v, images.shape[-2:]) for k, v in out.items()}
+        return out
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Switch every attention between "sdpa" (fused) and "eager" (the original formula)."""
+        from .backbones.semantic_layer import ATTN_IMPLS
+
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if hasattr(m, "attn_impl"):
+                m.attn_impl = impl
+        self.config = self.config.replace(attn_impl=impl)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+
+def build_model(config: ModelConfig) -> Segmentor:
+    """Build an untrained model from a config (ImageNet/original weights are loaded by the callers)."""
+    c = config
+    backbone = SwinBackbone(
+        embed_dim=c.embed_dim, depths=c.depths, num_heads=c.num_heads, window_size=c.window_size,
+        mlp_ratio=c.mlp_ratio, patch_size=c.patch_size, in_chans=c.in_chans, drop_path_rate=c.drop_path_rate,
+        semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
+        sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
+        attn_impl=c.attn_impl)
+    head = SemanticFPNHead(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
+                           dropout=c.decoder_dropout)
+    return Segmentor(backbone, head, c)
