@@ -41,7 +41,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     path = save_pretrained(model, args.out_dir)
     print(f"converted {args.checkpoint} ({model.config.arch}, {model.config.num_classes} classes, semantic layers: "
           f"{model.config.semantic_attention}) -> {path}")
-    print(f"load it with: semask.create_model({model.config.arch!r}, pretrained={str(args.out_dir)!r})")
+    if model.config.arch == "custom":  # no registered size matches: the folder's config is the architecture
+        print(f"load it with: semask.create_model('local-dir:{args.out_dir}')")
+    else:
+        print(f"load it with: semask.create_model({model.config.arch!r}, pretrained={str(args.out_dir)!r})")
     return 0
 
 

@@ -15,6 +15,7 @@ from .config import ModelConfig
 from .segmentor import Segmentor, build_model
 
 _log = logging.getLogger(__name__)
+LOCAL_DIR = "local-dir:"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Structure fields: weights for one structure cannot be loaded into another.
@@ -43,7 +44,7 @@ def save_pretrained(model: Segmentor, out_dir: str | Path) -> Path:
 
 def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
     """A semask folder/safetensors file -> (state dict, saved config or None)."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights = path / WEIGHTS_NAME if path.is_dir() else path
@@ -51,7 +52,7 @@ def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}; write one with `semask convert ORIGINAL.pth {path}`")
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise ValueError(f"cannot read {weights}: truncated or not a safetensors file ({err})") from err
     cfg_path = weights.parent / CONFIG_NAME
     config = ModelConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
@@ -95,8 +96,34 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
             raise ValueError(f"weights in {source} are for a different architecture than {name!r} "
                              f"(differs in {bad or ['semantic layers']}); use semask.load_original({str(source)!r}) "
                              f"or create_model with the matching name ({saved.arch!r})")
+        # The windowed/global layout is not in the weights: never switch it silently under a name that pins another.
+        quirks = {k: getattr(saved, k) for k in ("semantic_attention", "sem_window_size")
+                  if k not in overrides and getattr(saved, k) != getattr(config, k)}
+        if quirks:
+            as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in quirks.items()}
+            tags = [n for n, e in load_manifest().items() if n.startswith(config.arch + ".")
+                    and all(e["model"].get(k) == v for k, v in as_json.items())]
+            fix = f"name the matching tag {tags} or pass" if tags else "pass"
+            raise ValueError(f"the weights in {source} use {quirks}, but {name!r} pins "
+                             f"{ {k: getattr(config, k) for k in quirks} }; {fix} these fields explicitly to "
+                             "create_model")
         config = saved.replace(**{k: v for k, v in overrides.items() if k != "num_classes"})
     model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    if num_classes is not None and num_classes != config.num_classes:
+        model = reset_classes(model, num_classes)
+    return model
+
+
+def load_local_dir(path: str | Path, *, num_classes: int | None = None,
+                   overrides: dict[str, Any] | None = None) -> Segmentor:
+    """The model a semask folder (`config.json` + `model.safetensors`) describes, with its weights."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; it must be a folder written by `semask convert` "
+                                "or semask.save_pretrained")
+    state, config = _read_local(path)
+    model = build_model(config.replace(**(overrides or {})))
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:
         model = reset_classes(model, num_classes)

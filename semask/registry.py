@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .hub import load_manifest, load_pretrained
+from .hub import LOCAL_DIR, load_local_dir, load_manifest, load_pretrained
 from .segmentor import Segmentor, build_model
 
 W, G = "window", "global"
@@ -71,15 +71,18 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 
 def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
                  **overrides: Any) -> Segmentor:
-    """Build `arch` or `arch.tag`, optionally with weights.
+    """Build `arch` or `arch.tag` (or `local-dir:PATH`, a folder written by `semask convert`), optionally with weights.
 
     Args:
         pretrained: False; True (the tag's published weights); a local safetensors file or folder
-            (`model.safetensors` + `config.json`); or an ORIGINAL checkpoint (.pth), converted on the fly.
+            (`model.safetensors` + `config.json`); or an ORIGINAL checkpoint (.pth), converted on the fly with
+            the tag's windowed/global semantic layout (untagged: the original code's rule, as `load_original`).
         num_classes: a class count different from the weights' re-initialises only the classifier and the
             semantic-layer class projections (and logs which tensors).
         overrides: any `ModelConfig` field, e.g. `attn_impl="eager"`, `drop_path_rate=0.1`.
     """
+    if name.startswith(LOCAL_DIR):  # timm's convention: the folder's config.json is the architecture
+        return load_local_dir(name[len(LOCAL_DIR):], num_classes=num_classes, overrides=overrides)
     config = get_config(name, **overrides)
     if pretrained is False or pretrained is None:
         if num_classes is not None:

@@ -1,0 +1,38 @@
+"""The `semask` command line and the README quickstart, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semask.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
+    assert main(["list", "semask_*"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "semask_swin_large_fpn" in names and "swin_tiny_fpn" not in names
+    assert main(["list", "--pretrained"]) == 0
+    assert len(capsys.readouterr().out.split()) == 12
+    assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]
+
+
+def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["info", "nope_fpn"]) == 2
+
+
+def test_quickstart_runs(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "labels_color.png").stat().st_size > 0

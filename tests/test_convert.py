@@ -1,0 +1,211 @@
+"""Original mmseg checkpoints -> semask: every released config's keys/shapes, round trips, and loud failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import semask
+from semask.cli import main as cli_main
+from semask.convert.mmseg import infer_mmseg_config, mmseg_to_semask
+from semask.hub import load_manifest
+from semask.segmentor import build_model
+
+from .conftest import FIXTURES, randomize_gammas
+
+KEYS_DIR = FIXTURES / "checkpoint_keys"
+INDEX = json.loads((KEYS_DIR / "index_mmseg.json").read_text())
+STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "semantic_attention", "sem_window_size",
+             "decoder_channels", "num_sem_blocks")
+
+
+def zeros_state_dict(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Zeros of the released shapes without allocating them (expanded scalars)."""
+    out = {}
+    for k, shape in shapes.items():
+        dtype = torch.int64 if k.endswith(("relative_position_index", "num_batches_tracked")) else torch.float32
+        out[k] = torch.zeros((), dtype=dtype).expand(shape)
+    return out
+
+
+def tag_for(source_config: str) -> str:
+    tags = [n for n, e in load_manifest().items() if e.get("original_config") == source_config]
+    assert len(tags) == 1, f"no single tag for {source_config}: {tags}"
+    return tags[0]
+
+
+@pytest.mark.parametrize("fname", sorted(INDEX))
+def test_released_key_manifest_loads_into_its_tag(fname: str) -> None:
+    info = INDEX[fname]
+    shapes = json.loads((KEYS_DIR / fname).read_text())
+    sd = zeros_state_dict(shapes)
+    tag = tag_for(info["source_config"])
+    config = infer_mmseg_config(sd)
+    expected = semask.get_config(tag)
+    for field in STRUCTURE:  # the original rule reproduces every tag's layout; classes come from the tensors
+        assert getattr(config, field) == getattr(expected, field), field
+    assert config.arch == tag.split(".")[0]
+    assert config.num_classes == info["decode_head"]["num_classes"]
+    with torch.device("meta"):
+        model = build_model(config)
+    mapped = mmseg_to_semask(sd, model)  # KeyError on any leftover or missing key
+    model.load_state_dict(mapped, strict=True, assign=True)
+    n_float = sum(v.numel() for v in model.state_dict().values() if v.is_floating_point())
+    assert n_float == info["num_params_float"]
+    assert len(mapped) + sum(k.endswith("relative_position_index") for k in sd) == info["num_keys"]
+
+
+def test_coco_stuff_150_class_backbone_is_read_from_tensors() -> None:
+    fname = "mmseg__semfpn_semask_swin_tiny_patch4_window7_512x512_80k_coco10k.json"
+    sd = zeros_state_dict(json.loads((KEYS_DIR / fname).read_text()))
+    model = semask.load_original({"state_dict": sd})  # a real (allocating) load of a full-size model
+    assert (model.config.num_classes, model.config.sem_num_classes) == (171, 150)
+    assert model.config.semantic_attention == ("window", "window", "global", "global")
+
+
+def _to_original(model: semask.Segmentor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Our state dict in the original layout (index buffers included)."""
+    sd = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    for name, m in model.named_modules():
+        if hasattr(m, "relative_position_index"):
+            sd[f"{prefix}{name}.relative_position_index"] = m.relative_position_index.clone()
+    return sd
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "bare", "module_prefix"])
+def test_checkpoint_layouts(wrap: str) -> None:
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    sd = _to_original(model, "module." if wrap == "module_prefix" else "")
+    obj = {"bare": sd, "model": {"model": sd, "iteration": 3}}.get(wrap, {"state_dict": sd, "meta": {"CLASSES": []},
+                                                                          "optimizer": {"state": {}}})
+    loaded = semask.load_original(obj)
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], model(x)["logits"])
+
+
+def test_convert_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = semask.create_model("test_semask_swin_fpn_global").eval()
+    randomize_gammas(model)
+    ckpt = tmp_path / "original.pth"
+    torch.save({"state_dict": _to_original(model), "meta": {"note": "x"}}, ckpt)
+    out = tmp_path / "converted"
+    # The tag/arch pins the windowed/global layout that the weights cannot tell.
+    assert cli_main(["convert", str(ckpt), str(out), "--model", "test_semask_swin_fpn_global"]) == 0
+    assert "test_semask_swin_fpn_global" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json"}
+    loaded = semask.create_model("test_semask_swin_fpn_global", pretrained=out).eval()
+    # Converted on the fly: without a tag the original rule applies (all windowed for embed_dim 16), so the
+    # layout is passed explicitly, as a user would for a non-standard checkpoint.
+    layout = ("window", "window", "global", "global")
+    direct = semask.create_model("test_semask_swin_fpn_global", pretrained=ckpt, semantic_attention=layout,
+                                 sem_window_size=5).eval()
+    with pytest.raises(ValueError, match="semantic_attention"):  # the rule's layout differs from the arch's
+        semask.create_model("test_semask_swin_fpn_global", pretrained=ckpt)
+    x = torch.randn(2, 3, 50, 66)
+    with torch.no_grad():
+        ref = model(x)
+        for other in (loaded, direct):
+            for key in ref:
+                torch.testing.assert_close(other(x)[key], ref[key])
+
+
+def test_convert_fixture_loads_back_via_local_dir(tmp_path: Path) -> None:
+    out = tmp_path / "fixture"
+    assert cli_main(["convert", str(FIXTURES / "semask_fpn_tiny_w7.pth"), str(out)]) == 0
+    model = semask.create_model(f"local-dir:{out}").eval()
+    original = semask.load_original(FIXTURES / "semask_fpn_tiny_w7.pth")
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["logits"], original(x)["logits"])
+
+
+def test_pretrained_with_new_num_classes_keeps_other_weights(tmp_path: Path) -> None:
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    semask.save_pretrained(model, tmp_path)
+    new = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path, num_classes=3)
+    assert new.config.num_classes == 3 and new.decode_head.conv_seg.out_channels == 3
+    old, fresh = model.state_dict(), new.state_dict()
+    same = [k for k in fresh if fresh[k].shape == old[k].shape]
+    assert all(torch.equal(fresh[k], old[k]) for k in same)
+    assert {k for k in fresh if k not in same} == {k for k in fresh if "conv_seg" in k or "mlp_cls_" in k}
+
+
+def test_pretrained_for_another_architecture_fails(tmp_path: Path) -> None:
+    semask.save_pretrained(semask.create_model("test_semask_swin_fpn"), tmp_path)
+    with pytest.raises(ValueError, match="different architecture"):
+        semask.create_model("test_semask_swin_fpn_global", pretrained=tmp_path)
+
+
+# --- loud failures -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def original_sd() -> dict[str, torch.Tensor]:
+    return torch.load(FIXTURES / "semask_fpn_tiny_w7.pth", map_location="cpu")["state_dict"]
+
+
+def test_unmapped_key_is_named(original_sd: dict) -> None:
+    original_sd["auxiliary_head.conv_seg.weight"] = torch.zeros(5, 8, 1, 1)
+    with pytest.raises(KeyError, match="auxiliary_head.conv_seg.weight"):
+        semask.load_original(original_sd)
+
+
+def test_missing_key_is_named(original_sd: dict) -> None:
+    del original_sd["backbone.norm2.bias"]
+    with pytest.raises(KeyError, match="backbone.norm2.bias"):
+        semask.load_original(original_sd)
+
+
+def test_shape_mismatch_is_named(original_sd: dict) -> None:
+    original_sd["backbone.layers.1.blocks.0.mlp.fc2.bias"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="fc2.bias"):
+        semask.load_original(original_sd)
+
+
+@pytest.mark.parametrize("keys, match", [
+    ({"patch_embed.proj.weight": torch.zeros(96, 3, 4, 4), "head.weight": torch.zeros(1000, 768)},
+     "not an mmseg Swin checkpoint"),
+    ({"backbone.layers.0.blocks.0.norm1.weight": torch.zeros(4), "decode_head.psp_modules.0.1.conv.weight":
+      torch.zeros(1)}, "not a Semantic FPN"),
+    ({"backbone.layers.0.blocks.0.norm1.weight": torch.zeros(4), "sem_seg_head.predictor.query_embed.weight":
+      torch.zeros(1)}, "detectron2"),
+])
+def test_other_model_families(keys: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        semask.load_original(keys)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        semask.load_original(tmp_path / "missing.pth")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        semask.load_original(empty)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes((FIXTURES / "semask_fpn_tiny_w7.pth").read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="truncated"):
+        semask.load_original(truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        semask.load_original(text)
+
+
+class _Custom:  # a pickled object weights_only loading refuses
+    pass
+
+
+def test_unsafe_pickle_needs_opt_in(tmp_path: Path, original_sd: dict) -> None:
+    path = tmp_path / "objects.pth"
+    torch.save({"state_dict": original_sd, "meta": _Custom()}, path)
+    with pytest.raises(ValueError, match="allow_unsafe"):
+        semask.load_original(path)
+    assert semask.load_original(path, allow_unsafe=True).config.num_classes == 5
+
+
+def test_non_tensor_entries_rejected() -> None:
+    with pytest.raises(ValueError, match="not a tensor"):
+        semask.load_original({"state_dict": {"backbone.x": [1, 2]}})

@@ -1,0 +1,169 @@
+"""Every registered architecture builds; every tiny model trains at odd sizes; eager and fused paths agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import semask
+from semask.train import SeMaskLoss
+
+from .conftest import randomize_gammas
+
+TEST_ARCHS = semask.list_models("test_*")
+
+
+def test_registry_lists() -> None:
+    assert "semask_swin_tiny_fpn" in semask.list_models()
+    assert len(TEST_ARCHS) >= 3
+    assert "semask_swin_tiny_fpn.ade20k" in semask.list_pretrained()
+    assert not [n for n in semask.list_pretrained() if n.startswith("swin_")]  # baselines: no released weights
+    assert set(semask.list_models("*", include_tags=True)) > set(semask.list_models())
+
+
+@pytest.mark.parametrize("name", semask.list_models(include_tags=True))
+def test_builds_on_meta(name: str) -> None:
+    with torch.device("meta"):
+        model = semask.create_model(name)
+    assert all(p.is_meta for p in model.parameters())
+    entry = semask.hub.load_manifest().get(name)
+    if entry is not None:
+        assert sum(p.numel() for p in model.parameters()) == entry["num_params"]
+        assert model.config.num_classes == entry["num_classes"]
+
+
+@pytest.mark.parametrize("name", TEST_ARCHS)
+@pytest.mark.parametrize("size", [(61, 83), (83, 61), (45, 37)])  # last stage > 1 token
+def test_forward_backward_odd_sizes(name: str, size: tuple[int, int]) -> None:
+    model = semask.create_model(name).train()
+    randomize_gammas(model)
+    x = torch.randn(2, 3, *size)
+    out = model(x)
+    k = model.config.num_classes
+    assert out["logits"].shape == (2, k, *size)
+    if model.config.semantic:
+        assert out["prior_logits"].shape == (2, k, *size)
+    else:
+        assert "prior_logits" not in out
+    labels = torch.randint(0, k, (2, *size))
+    labels[:, :5] = 255
+    SeMaskLoss()(out, labels)["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", TEST_ARCHS)
+def test_backbone_contract(name: str) -> None:
+    model = semask.create_model(name).eval()
+    feats, priors = model.backbone(torch.randn(1, 3, 61, 83))
+    n = len(model.config.depths)
+    assert [f.shape[1] for f in feats] == [model.config.embed_dim * 2 ** i for i in range(n)]
+    assert feats[0].shape[-2:] == (16, 21)  # ceil(61 / 4), ceil(83 / 4)
+    assert len(priors) == (n if model.config.semantic else 0)
+    for f, p in zip(feats, priors, strict=False):
+        assert p.shape == (1, model.config.num_classes, *f.shape[-2:])
+
+
+@pytest.mark.parametrize("name", TEST_ARCHS)
+@pytest.mark.parametrize("size", [(61, 83), (56, 56)])
+def test_eager_and_sdpa_agree(name: str, size: tuple[int, int]) -> None:
+    model = semask.create_model(name).eval()
+    randomize_gammas(model)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        fused = model(x)
+        model.set_attn_impl("eager")
+        eager = model(x)
+    for key in fused:
+        torch.testing.assert_close(fused[key], eager[key], atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_gradients_match_eager() -> None:
+    grads = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = semask.create_model("test_semask_swin_fpn_global", attn_impl=impl).train()
+        randomize_gammas(model)
+        torch.manual_seed(1)
+        out = model(torch.randn(1, 3, 45, 70))
+        (out["logits"].square().mean() + out["prior_logits"].square().mean()).backward()
+        grads[impl] = {n: p.grad for n, p in model.named_parameters()}
+    for n, g in grads["sdpa"].items():
+        torch.testing.assert_close(g, grads["eager"][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_bias_cache_follows_weight_updates() -> None:
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)["logits"]
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.add_(1.0)  # in-place update: the cached bias must be rebuilt
+        after = model(x)["logits"]
+        model.set_attn_impl("eager")
+        eager = model(x)["logits"]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_same_gradients() -> None:
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = semask.create_model("test_semask_swin_fpn", drop_path_rate=0.0).train()
+        randomize_gammas(model)
+        model.set_grad_checkpointing(ckpt)
+        torch.manual_seed(1)
+        model(torch.randn(1, 3, 40, 52))["logits"].sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_zero_depth_stage_and_global_semantic_attention() -> None:
+    model = semask.create_model("test_semask_swin_fpn_global")
+    assert len(model.backbone.layers[1].blocks) == 0
+    assert model.config.semantic_attention == ("window", "window", "global", "global")
+    assert model.backbone.layers[2].semantic_layer.window_size is None
+    assert model.backbone.layers[0].semantic_layer.window_size == 5
+
+
+def test_tags_pin_semantic_layout() -> None:
+    cfg = semask.get_config("semask_swin_tiny_fpn.cityscapes")
+    assert (cfg.num_classes, cfg.semantic_attention) == (19, ("window",) * 4)
+    cfg = semask.get_config("semask_swin_large_fpn.coco_stuff10k")
+    assert (cfg.num_classes, cfg.prior_classes, cfg.window_size) == (171, 171, 12)
+    assert cfg.semantic_attention == ("window", "window", "global", "global")
+    assert semask.get_config("swin_base_fpn.ade20k_w7").window_size == 7
+
+
+def test_num_classes_override() -> None:
+    model = semask.create_model("test_semask_swin_fpn", num_classes=3).eval()
+    assert model.config.num_classes == 3 and model.config.prior_classes == 3
+    assert model(torch.randn(1, 3, 32, 32))["prior_logits"].shape[1] == 3
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (torch.randn(1, 4, 32, 32), ValueError, "3 input channels"),
+    (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), TypeError, "floating-point"),
+    (torch.randn(3, 32, 32), ValueError, "batch"),
+])
+def test_bad_input_tensor(bad: torch.Tensor, error: type, match: str) -> None:
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    with pytest.raises(error, match=match):
+        model(bad)
+
+
+def test_bad_names_and_fields() -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        semask.create_model("semask_swin_huge_fpn")
+    with pytest.raises(ValueError, match="unknown tag"):
+        semask.create_model("semask_swin_tiny_fpn.imagenet")
+    with pytest.raises(TypeError, match="unknown model config field"):
+        semask.create_model("test_swin_fpn", windw_size=7)
+    with pytest.raises(ValueError, match="attn_impl"):
+        semask.create_model("test_swin_fpn", attn_impl="flash")
+    with pytest.raises(ValueError, match="semantic_attention"):
+        semask.create_model("test_semask_swin_fpn", semantic_attention=("window", "global"))
+    with pytest.raises(ValueError, match="not published yet.*semask convert"):
+        semask.create_model("semask_swin_tiny_fpn.ade20k", pretrained=True)
