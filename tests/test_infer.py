@@ -197,3 +197,15 @@ def test_one_pixel_file(tmp_path, model):
     path = _save(Image.new("RGB", (1, 1), (9, 99, 199)), tmp_path / "one.png")
     pred = Predictor(model, test_scale=SMALL)(path)
     assert pred.labels.shape == (1, 1) and pred.image.tolist() == [[[9, 99, 199]]]
+
+
+def test_untagged_models_get_the_preprocessing_of_their_class_count():
+    from types import SimpleNamespace
+
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("semask_swin_large_fpn")))
+    assert (dataset, tuple(pre["test_scale"]), tuple(pre["crop_size"])) == ("ade20k", (2560, 640), (640, 640))
+    cfg = semask.get_config("semask_swin_base_fpn", num_classes=19)
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=cfg))
+    assert (dataset, tuple(pre["test_scale"])) == ("cityscapes", (2048, 1024))
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("test_swin_fpn")))
+    assert dataset is None and tuple(pre["test_scale"]) == (2048, 512)
