@@ -1,4 +1,4 @@
-"""`semask` command line: list | info | convert."""
+"""`semask` command line: list | info | convert | segment."""
 
 from __future__ import annotations
 
@@ -48,6 +48,48 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- segment -------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .infer import MS_RATIOS, Predictor
+    from .viz import save_prediction
+
+    src = Path(args.input)
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
+    elif src.exists():
+        files = [src]
+    else:
+        raise FileNotFoundError(f"no such image or folder: {src}")
+    predictor = Predictor(args.model, weights=args.weights, device=args.device, mode=args.mode,
+                          scales=MS_RATIOS if args.tta else (1.0,), flip=args.tta, max_pixels=args.max_pixels)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
+        def tqdm(x, **_):  # type: ignore[no-redef]
+            return x
+    failed: list[tuple[Path, str]] = []
+    out = Path(args.out)
+    for path in tqdm(files, desc="segment", unit="img", disable=len(files) < 2):
+        rel = path.relative_to(src) if src.is_dir() else Path(path.name)
+        try:
+            pred = predictor(path)
+            save_prediction(pred, out / rel.parent, rel.stem, overlay_png=args.overlay,
+                            priors_png=args.priors and bool(pred.priors))
+        except (ValueError, OSError) as err:  # unreadable file: report it, go on with the batch
+            failed.append((path, str(err)))
+    print(f"segmented {len(files) - len(failed)}/{len(files)} image(s) with {args.model} -> {out}")
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semask", description="SeMask semantic segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: the original code's rule)")
     p.add_argument("--allow-unsafe", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("segment", help="segment an image or a folder; write label PNGs (+ overlays, prior grids)")
+    p.add_argument("input", help="an image file or a folder (searched recursively)")
+    p.add_argument("--model", required=True, help="arch or arch.tag (a tag loads its published weights)")
+    p.add_argument("--weights", help="semask folder / safetensors file, or an ORIGINAL .pth checkpoint")
+    p.add_argument("--out", required=True, help="output folder: NAME.png (label ids), NAME_overlay.png, ...")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg --aug-test")
+    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--priors", action="store_true", help="also write NAME_priors.png (per-stage prior maps)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger images (default 4096²)")
+    p.set_defaults(func=_cmd_segment)
     return parser
 
 

@@ -87,8 +87,12 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
     if pretrained is False or pretrained is None:
         if num_classes is not None:
             config = config.replace(num_classes=num_classes, sem_num_classes=overrides.get("sem_num_classes"))
-        return build_model(config)
-    return load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
+        model = build_model(config)
+    else:
+        model = load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
+    if "." in name and model.config.num_classes == load_manifest()[name]["num_classes"]:
+        model.pretrained_cfg = dict(load_manifest()[name], name=name)  # preprocessing, dataset (used by Predictor)
+    return model
 
 
 def list_models(pattern: str = "*", *, include_tags: bool = False) -> list[str]:

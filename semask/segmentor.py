@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -16,6 +18,8 @@ class Segmentor(nn.Module):
 
     Keys follow the original mmseg checkpoints (`backbone.*`, `decode_head.*`).
     """
+
+    pretrained_cfg: dict[str, Any] | None = None  # manifest entry of the tag (set by create_model; read by Predictor)
 
     def __init__(self, backbone: SwinBackbone, decode_head: SemanticFPNHead, config: ModelConfig) -> None:
         super().__init__()

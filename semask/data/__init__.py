@@ -1,0 +1,1 @@
+"""Datasets, transforms and class tables (palettes, names)."""

@@ -1,0 +1,342 @@
+"""`Predictor`: image in -> label map at the original size out; whole / sliding-window / multi-scale + flip.
+
+The protocol is mmsegmentation's (`inference_segmentor`, `slide_inference`, `--aug-test`) as the original SeMask-FPN
+code runs it: resize keeping the aspect ratio to the test scale (`Resize(img_scale, keep_ratio=True)`), normalise,
+run, resize the logits bilinearly (align_corners=False) to the resized input and then to the ORIGINAL size, softmax,
+average over scales and flips, argmax. Kept apart from the `nn.Module` (as segment-anything's predictor).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data.palettes import ClassInfo, get_class_info
+
+_log = logging.getLogger(__name__)
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg `tools/test.py --aug-test`
+DEFAULT_MAX_PIXELS = 4096 * 4096  # the final [K, H, W] probabilities are float32 at the original size
+# The paper's protocol for models without a tag: ADE20K-style 512-crop models, short side = crop 512.
+DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
+                             crop_size=(512, 512), reduce_zero_label=False)
+
+
+# ----------------------------------------------------------------------------------------------- image loading
+def _check_pixels(h: int, w: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(f"{what}: {w}x{h} = {h * w} pixels is above the limit max_pixels={max_pixels}; downscale "
+                         f"it or raise the limit (Predictor(max_pixels=...), CLI --max-pixels)")
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> [H, W, 3] uint8 RGB (16/32-bit and float grey scaled to 8 bits, alpha dropped)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0  # 16-bit -> 8-bit, 65535 -> 255
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as [H, W, 3] uint8 RGB, EXIF orientation applied; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}" + (" (a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise ValueError(f"image file {path} is empty (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size  # from the header; nothing decoded yet
+            _check_pixels(h, w, max_pixels, str(path))
+            img.load()
+            return _pil_to_rgb(ImageOps.exif_transpose(img))
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path} is not an image Pillow can read (wrong extension or corrupt data)") from err
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: {err}") from err
+    except OSError as err:  # truncated or broken data
+        raise ValueError(f"cannot decode {path}: {err}") from err
+
+
+def _array_to_rgb(arr: np.ndarray, max_pixels: int | None) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an array [H, W], [H, W, 3] or [H, W, 4], got shape {tuple(arr.shape)}")
+    if arr.dtype == np.uint16:
+        arr = np.round(arr / 257.0).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"arrays must be uint8 (or uint16), got {arr.dtype}; pass float images as a tensor in [0, 1]")
+    _check_pixels(arr.shape[0], arr.shape[1], max_pixels, "array")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def _tensor_to_rgb(t: torch.Tensor, max_pixels: int | None) -> list[np.ndarray]:
+    """[3, H, W] or [B, 3, H, W] (1 channel: grey); float in [0, 1] or uint8 -> list of [H, W, 3] uint8."""
+    if t.ndim not in (3, 4) or t.shape[-3] not in (1, 3):
+        raise ValueError(f"expected a tensor [3, H, W] or [B, 3, H, W] (RGB, float in [0, 1] or uint8), "
+                         f"got shape {tuple(t.shape)}")
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        lo, hi = float(t.min()), float(t.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"float image tensors must be in [0, 1] (values {lo:.3g}..{hi:.3g}); pass uint8 for "
+                             "0..255, and do not normalise: the Predictor does")
+        t = (t.float() * 255).round()
+    elif t.dtype != torch.uint8:
+        raise ValueError(f"image tensors must be float in [0, 1] or uint8, got {t.dtype}")
+    t = t.to(torch.uint8).expand(*t.shape[:-3], 3, *t.shape[-2:])
+    batch = t if t.ndim == 4 else t[None]
+    _check_pixels(batch.shape[-2], batch.shape[-1], max_pixels, "tensor")
+    return [img.permute(1, 2, 0).contiguous().numpy() for img in batch]
+
+
+def to_rgb_list(inputs: ImageInput | Sequence[ImageInput], *,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[np.ndarray], bool]:
+    """Inputs -> ([H, W, 3] uint8 RGB images, whether a single image was given)."""
+    single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, torch.Tensor) and inputs.ndim == 4)
+    out: list[np.ndarray] = []
+    for item in [inputs] if single or isinstance(inputs, torch.Tensor) else inputs:
+        if isinstance(item, (str, Path)):
+            out.append(load_image(item, max_pixels=max_pixels))
+        elif isinstance(item, Image.Image):
+            _check_pixels(item.height, item.width, max_pixels, "PIL image")
+            out.append(_pil_to_rgb(ImageOps.exif_transpose(item)))
+        elif isinstance(item, np.ndarray):
+            out.append(_array_to_rgb(item, max_pixels))
+        elif isinstance(item, torch.Tensor):
+            out.extend(_tensor_to_rgb(item, max_pixels))
+        else:
+            raise TypeError(f"cannot read an image from {type(item).__name__}; pass a path, PIL image, "
+                            "[H, W, 3] uint8 array or [3, H, W] tensor")
+    if not out:
+        raise ValueError("no images given")
+    return out, single
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+def rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
+    """mmcv `imrescale` size: the largest size with the aspect ratio kept that fits long <= max(scale) and
+    short <= min(scale) (it may also upscale), rounded half up."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+
+
+def slide_windows(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """mmseg `slide_inference` windows (y0, y1, x0, x1): a grid of `stride` steps; the last row/column is shifted
+    back to end at the border so every pixel is covered; windows are clipped to the image."""
+    (ch, cw), (sh, sw) = crop, stride
+    rows = max(h - ch + sh - 1, 0) // sh + 1
+    cols = max(w - cw + sw - 1, 0) // sw + 1
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + ch, h), min(c * sw + cw, w)
+            out.append((max(y1 - ch, 0), y1, max(x1 - cw, 0), x1))
+    return out
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------------- result
+@dataclass
+class Prediction:
+    """One image's result. `labels` are model class indices (add `label_offset` for the dataset's ids)."""
+
+    labels: np.ndarray  # [H, W] int64 at the original size
+    confidence: np.ndarray  # [H, W] float32: the averaged probability of the chosen class
+    image: np.ndarray  # [H, W, 3] uint8 RGB input (orientation applied)
+    priors: list[torch.Tensor]  # per stage [K', h_i, w_i] semantic-prior logits (scale 1.0, unflipped); [] if none
+    classes: ClassInfo
+    probs: torch.Tensor | None = None  # [K, H, W] averaged softmax, when asked for
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.classes.names
+
+    @property
+    def label_offset(self) -> int:
+        return self.classes.label_offset
+
+
+# ----------------------------------------------------------------------------------------------- predictor
+class Predictor:
+    """Segment images with a semask model.
+
+    Args:
+        model_or_name: a model, or `arch` / `arch.tag` (built with `create_model`; a tag loads its weights).
+        weights: with a name: a semask folder / safetensors file or an ORIGINAL checkpoint; False for random weights.
+        mode: "whole" (one forward of the resized image) or "slide" (windows of `crop` every `stride`, overlaps
+            averaged). crop defaults to the weights' training crop, stride to 2/3 of it (mmseg's 512/341).
+        scales: ratios of the test scale; `MS_RATIOS` with `flip=True` is mmseg's ms+flip (`--aug-test`).
+        dtype: autocast dtype (torch.float16 / bfloat16), None for float32.
+        test_scale: (long, short) bound of mmseg's keep-ratio resize; default: the weights' preprocessing.
+        dataset: class names / palette ("ade20k", "cityscapes", "coco_stuff10k"); default from the tag or count.
+        max_pixels: inputs above this many pixels raise a ValueError (None: no limit).
+    """
+
+    def __init__(self, model_or_name: nn.Module | str, *, weights: bool | str | Path | None = None,
+                 device: str | torch.device | None = None, mode: str = "whole", crop: int | Sequence[int] | None = None,
+                 stride: int | Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                 dtype: torch.dtype | None = None, test_scale: Sequence[int] | None = None, dataset: str | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive ratios, got {scales!r}")
+        model = self._build(model_or_name, weights)
+        if device is None:
+            device = next(model.parameters()).device if isinstance(model_or_name, nn.Module) else \
+                ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        cfg = self.model.config
+        pre, guessed = self._preprocessing(self.model)
+        self.dataset = dataset or pre.get("dataset") or guessed
+        self.classes = get_class_info(self.dataset, cfg.num_classes)
+        self.mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.test_scale = tuple(int(s) for s in (test_scale or pre["test_scale"]))
+        crop = crop if crop is not None else pre["crop_size"]
+        self.crop = (crop, crop) if isinstance(crop, int) else tuple(int(c) for c in crop)
+        stride = stride if stride is not None else tuple(c * 2 // 3 for c in self.crop)
+        self.stride = (stride, stride) if isinstance(stride, int) else tuple(int(s) for s in stride)
+        if min(self.crop) < 1 or min(self.stride) < 1:
+            raise ValueError(f"crop and stride must be >= 1, got {self.crop}, {self.stride}")
+        self.mode, self.scales, self.flip, self.dtype, self.max_pixels = mode, tuple(scales), flip, dtype, max_pixels
+
+    @staticmethod
+    def _build(model_or_name: nn.Module | str, weights: bool | str | Path | None) -> nn.Module:
+        if isinstance(model_or_name, nn.Module):
+            if weights not in (None, False):
+                raise ValueError("weights= is for model names; load weights into the model instance yourself")
+            return model_or_name
+        from .registry import create_model, split_name
+
+        _, tag = split_name(model_or_name)
+        pretrained = (tag is not None) if weights is None else weights
+        if pretrained is False:
+            _log.warning("%s: random weights (pass weights=PATH or a name with a tag)", model_or_name)
+        return create_model(model_or_name, pretrained=pretrained)
+
+    @staticmethod
+    def _preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
+        """The tag's manifest preprocessing; for untagged models, that of `arch.dataset` guessed from the class
+        count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's defaults."""
+        entry = getattr(model, "pretrained_cfg", None)
+        if entry:
+            return dict(entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
+        from .hub import load_manifest
+
+        info = get_class_info(num_classes=model.config.num_classes)
+        guess = info.name if info.name != "custom" else None
+        entry = load_manifest().get(f"{model.config.arch}.{guess}") or load_manifest().get(
+            f"semask_swin_tiny_fpn.{guess}")
+        if entry:
+            _log.info("untagged model with %d classes: using %s preprocessing", model.config.num_classes, guess)
+            return dict(entry["preprocessing"]), guess
+        return dict(DEFAULT_PREPROCESSING), None
+
+    def __call__(self, inputs: ImageInput | Sequence[ImageInput], *, probs: bool = False
+                 ) -> Prediction | list[Prediction]:
+        return self.predict(inputs, probs=probs)
+
+    @torch.inference_mode()
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], *, probs: bool = False
+                ) -> Prediction | list[Prediction]:
+        """One input -> a `Prediction`; a list (or a [B, 3, H, W] tensor) -> a list; sizes may differ."""
+        images, single = to_rgb_list(inputs, max_pixels=self.max_pixels)
+        results = [self._predict_one(img, probs) for img in images]
+        return results[0] if single else results
+
+    def _predict_one(self, image: np.ndarray, want_probs: bool) -> Prediction:
+        h, w = image.shape[:2]
+        x = torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float()  # [1, 3, H, W] in 0..255
+        total: torch.Tensor | None = None
+        priors: list[torch.Tensor] = []
+        n = 0
+        prior_ratio = 1.0 if 1.0 in self.scales else self.scales[0]
+        for ratio in self.scales:
+            scale = [int(s * ratio) for s in self.test_scale]
+            size = rescale_size(h, w, scale)
+            # mmseg resizes the uint8 image (cv2 bilinear, no antialias), then normalises.
+            xs = _resize(x, size).round().clamp(0, 255) if size != (h, w) else x
+            xs = (xs - self.mean.to(xs.device)) / self.std.to(xs.device)
+            for flip in (False, True) if self.flip else (False,):
+                logits, stage_priors = self._run(xs.flip(-1) if flip else xs)  # [1, K, h', w']
+                prob = _resize(logits, (h, w)).softmax(1)  # [1, K, H, W]
+                prob = prob.flip(-1) if flip else prob
+                total = prob if total is None else total + prob
+                n += 1
+                if ratio == prior_ratio and not flip:
+                    priors = [p[0].float().cpu() for p in stage_priors]
+        assert total is not None
+        avg = total[0] / n  # [K, H, W]
+        conf, labels = avg.max(0)
+        return Prediction(labels=labels.cpu().numpy().astype(np.int64), confidence=conf.float().cpu().numpy(),
+                          image=image, priors=priors, classes=self.classes,
+                          probs=avg.float().cpu() if want_probs else None)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits [B, K, h, w] at the input size and the backbone's per-stage prior maps (by a forward hook, so any
+        `Segmentor` works unchanged)."""
+        captured: list[list[torch.Tensor]] = []
+        hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: captured.append(list(out[1])))
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        try:
+            with autocast:
+                logits = self.model(x)["logits"]
+        finally:
+            hook.remove()
+        return logits.float(), [p.float() for p in captured[0]] if captured else []
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.mode == "whole":
+            return self._forward(x)
+        return self._slide(x)
+
+    def _slide(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """mmseg `slide_inference`: logits of overlapping windows summed and divided by the count map. The prior
+        maps are stitched the same way on each stage's grid (window footprints rounded to that grid)."""
+        _, _, h, w = x.shape
+        logits: torch.Tensor | None = None
+        count = x.new_zeros(1, 1, h, w)
+        priors: list[torch.Tensor] = []
+        prior_counts: list[torch.Tensor] = []
+        for y0, y1, x0, x1 in slide_windows(h, w, self.crop, self.stride):
+            out, stage = self._forward(x[:, :, y0:y1, x0:x1])
+            if logits is None:
+                logits = x.new_zeros(1, out.shape[1], h, w)
+                for i, p in enumerate(stage):
+                    s = 4 * 2 ** i
+                    priors.append(x.new_zeros(1, p.shape[1], -(-h // s), -(-w // s)))
+                    prior_counts.append(x.new_zeros(1, 1, -(-h // s), -(-w // s)))
+            logits[:, :, y0:y1, x0:x1] += out
+            count[:, :, y0:y1, x0:x1] += 1
+            for i, p in enumerate(stage):
+                s, (ph, pw) = 4 * 2 ** i, priors[i].shape[-2:]
+                a0, a1 = min(round(y0 / s), ph - 1), min(max(round(y1 / s), round(y0 / s) + 1), ph)
+                b0, b1 = min(round(x0 / s), pw - 1), min(max(round(x1 / s), round(x0 / s) + 1), pw)
+                priors[i][:, :, a0:a1, b0:b1] += _resize(p, (a1 - a0, b1 - b0))
+                prior_counts[i][:, :, a0:a1, b0:b1] += 1
+        assert logits is not None and bool((count > 0).all()), "sliding windows must cover every pixel"
+        return logits / count, [p / c.clamp(min=1) for p, c in zip(priors, prior_counts, strict=True)]

@@ -1,0 +1,211 @@
+"""Predictor: sizes, whole vs slide, flip and multi-scale averaging (mmseg protocol), inputs of every kind."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import semask
+from semask.infer import Predictor, load_image, rescale_size, slide_windows, to_rgb_list
+
+SMALL = (64, 32)  # test scale (long, short) that keeps the forwards tiny
+
+
+@pytest.fixture(scope="module")
+def model() -> semask.Segmentor:
+    torch.manual_seed(0)
+    return semask.create_model("test_semask_swin_fpn").eval()
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hw", [(37, 91), (91, 37), (33, 33), (1, 1)])
+def test_labels_have_the_input_size(model, hw):
+    pred = Predictor(model, test_scale=SMALL)(_image(*hw), probs=True)
+    assert pred.labels.shape == hw and pred.confidence.shape == hw
+    assert pred.probs.shape == (5, *hw) and pred.labels.dtype == np.int64
+    assert torch.allclose(pred.probs.sum(0), torch.ones(hw), atol=1e-5)
+    assert len(pred.priors) == 4 and pred.priors[0].shape[0] == 5
+
+
+def test_rescale_size_is_mmcv_keep_ratio():
+    assert rescale_size(375, 500, (2048, 512)) == (512, 683)  # short side -> 512
+    assert rescale_size(500, 375, (2048, 512)) == (683, 512)
+    assert rescale_size(100, 1000, (2048, 512)) == (205, 2048)  # long side bound wins
+    assert rescale_size(1024, 2048, (2048, 1024)) == (1024, 2048)
+
+
+def test_slide_with_crop_at_least_the_image_equals_whole(model):
+    img = _image(40, 57)
+    whole = Predictor(model, test_scale=SMALL)(img, probs=True)
+    slide = Predictor(model, test_scale=SMALL, mode="slide", crop=64, stride=40)(img, probs=True)
+    assert torch.equal(whole.probs, slide.probs)
+    assert np.array_equal(whole.labels, slide.labels)
+
+
+@pytest.mark.parametrize("h,w,crop,stride", [(45, 64, (32, 32), (21, 21)), (100, 37, (32, 24), (16, 20)),
+                                             (10, 10, (32, 32), (21, 21)), (64, 64, (32, 32), (32, 32))])
+def test_slide_windows_cover_every_pixel(h, w, crop, stride):
+    count = np.zeros((h, w), int)
+    for y0, y1, x0, x1 in slide_windows(h, w, crop, stride):
+        assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
+        assert (y1 - y0, x1 - x0) == (min(crop[0], h), min(crop[1], w))
+        count[y0:y1, x0:x1] += 1
+    assert count.min() >= 1
+
+
+def test_slide_with_overlapping_windows(model):
+    p = Predictor(model, test_scale=(96, 48), mode="slide", crop=32, stride=21)
+    pred = p(_image(30, 77), probs=True)
+    assert pred.labels.shape == (30, 77)
+    whole = Predictor(model, test_scale=(96, 48))(_image(30, 77), probs=True)
+    assert [q.shape for q in pred.priors] == [q.shape for q in whole.priors]  # stitched on each stage's grid
+    assert not torch.allclose(pred.probs, whole.probs)  # the windows do change the result
+
+
+def test_flip_tta_is_symmetric_on_a_mirror_symmetric_input(model):
+    half = _image(24, 20, seed=3)
+    img = np.concatenate([half, half[:, ::-1]], axis=1)  # mirror-symmetric 24x40
+    plain = Predictor(model, test_scale=SMALL)(img, probs=True).probs
+    flipped = Predictor(model, test_scale=SMALL, flip=True)(img, probs=True).probs
+    assert not torch.allclose(plain, plain.flip(-1), atol=1e-4)  # the model itself is not flip-equivariant
+    assert torch.allclose(flipped, flipped.flip(-1), atol=1e-5)
+
+
+def test_multi_scale_flip_averages_softmax_as_mmseg(model):
+    img = _image(23, 31, seed=1)
+    scales = (0.5, 1.0, 1.5)
+    pred = Predictor(model, test_scale=SMALL, scales=scales, flip=True)(img, probs=True)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    probs, logits = [], []
+    with torch.no_grad():
+        for r in scales:
+            size = rescale_size(23, 31, (int(SMALL[0] * r), int(SMALL[1] * r)))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+            xs = (xs - mean) / std
+            for flip in (False, True):
+                out = model(xs.flip(-1) if flip else xs)["logits"]
+                out = F.interpolate(out, size=(23, 31), mode="bilinear", align_corners=False)
+                out = out.flip(-1) if flip else out
+                probs.append(out.softmax(1))
+                logits.append(out)
+    ref = torch.stack(probs).mean(0)[0]
+    assert torch.allclose(pred.probs, ref, atol=1e-5)
+    assert not torch.allclose(pred.probs, torch.stack(logits).mean(0)[0].softmax(0), atol=1e-4)  # not logit-mean
+
+
+def test_batch_of_different_sizes(model):
+    p = Predictor(model, test_scale=SMALL)
+    preds = p([_image(20, 30), Image.fromarray(_image(31, 17)), torch.rand(3, 9, 12)])
+    assert [r.labels.shape for r in preds] == [(20, 30), (31, 17), (9, 12)]
+    single = p(_image(31, 17))
+    assert np.array_equal(single.labels, preds[1].labels)
+    assert [r.labels.shape for r in p(torch.rand(2, 3, 10, 14))] == [(10, 14), (10, 14)]
+
+
+def test_predictor_from_names_uses_the_tag_preprocessing(tmp_path):
+    p = Predictor("semask_swin_tiny_fpn.cityscapes", weights=False, device="cpu")
+    assert p.model.pretrained_cfg["dataset"] == "cityscapes"
+    assert (p.test_scale, p.crop, p.stride, p.dataset) == ((2048, 1024), (768, 768), (512, 512), "cityscapes")
+    assert p.classes.names[0] == "road" and p.classes.label_offset == 0
+    plain = Predictor("test_semask_swin_fpn", weights=False, device="cpu")
+    assert plain.test_scale == (2048, 512) and plain.crop == (512, 512) and plain.classes.name == "custom"
+    with pytest.raises(ValueError, match="not published"):
+        Predictor("semask_swin_tiny_fpn.ade20k")
+    with pytest.raises(ValueError, match="mode"):
+        Predictor(plain.model, mode="sliding")
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+def _save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_bad_files_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+    (tmp_path / "fake.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    with pytest.raises(ValueError, match="not an image"):
+        load_image(tmp_path / "fake.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        load_image(tmp_path / "empty.png")
+    path = _save(Image.fromarray(_image(40, 50)), tmp_path / "big.png")
+    with pytest.raises(ValueError, match="max_pixels=1000"):
+        load_image(path, max_pixels=1000)
+    assert load_image(path, max_pixels=2000).shape == (40, 50, 3)
+    with pytest.raises(ValueError, match="max_pixels"):
+        to_rgb_list(torch.rand(3, 40, 50), max_pixels=1000)
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (2, 1, 3, 5, 5), (4, 5, 5), (1, 2, 5, 5)])
+def test_wrong_rank_tensor(shape):
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        to_rgb_list(torch.rand(shape))
+
+
+def test_tensor_value_range_is_checked():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        to_rgb_list(torch.rand(3, 4, 4) * 255)
+    (img,), _ = to_rgb_list(torch.full((3, 2, 2), 255, dtype=torch.uint8))
+    assert img.dtype == np.uint8 and (img == 255).all()
+
+
+def test_image_modes_are_converted_to_rgb(tmp_path):
+    grey16 = np.array([[0, 65535], [32896, 257]], dtype=np.uint16)
+    path = _save(Image.fromarray(grey16), tmp_path / "g16.png")
+    assert Image.open(path).mode.startswith("I")
+    out = load_image(path)
+    assert out.shape == (2, 2, 3) and out[..., 0].tolist() == [[0, 255], [128, 1]]
+
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # fully transparent red: the colour is kept, alpha dropped
+    assert (load_image(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png"))[..., 0] == 200).all()
+
+    cmyk = Image.new("CMYK", (6, 5), (0, 255, 255, 0))  # pure red in CMYK
+    out = load_image(_save(cmyk, tmp_path / "c.jpg", quality=95))
+    assert out.shape == (5, 6, 3) and out[..., 0].min() > 200 and out[..., 1:].max() < 60
+
+    pal = Image.new("P", (3, 2), 1)
+    pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    assert load_image(_save(pal, tmp_path / "p.png"))[0, 0].tolist() == [10, 20, 30]
+    assert load_image(_save(Image.new("L", (3, 2), 77), tmp_path / "l.png")).shape == (2, 3, 3)
+    assert to_rgb_list(np.full((4, 5), 9, np.uint8))[0][0].shape == (4, 5, 3)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(_image(10, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    (tmp_path / "rot.jpg").write_bytes(buf.getvalue())
+    assert load_image(tmp_path / "rot.jpg").shape == (30, 10, 3)
+
+
+def test_one_pixel_file(tmp_path, model):
+    path = _save(Image.new("RGB", (1, 1), (9, 99, 199)), tmp_path / "one.png")
+    pred = Predictor(model, test_scale=SMALL)(path)
+    assert pred.labels.shape == (1, 1) and pred.image.tolist() == [[[9, 99, 199]]]
+
+
+def test_untagged_models_get_the_preprocessing_of_their_class_count():
+    from types import SimpleNamespace
+
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("semask_swin_large_fpn")))
+    assert (dataset, tuple(pre["test_scale"]), tuple(pre["crop_size"])) == ("ade20k", (2560, 640), (640, 640))
+    cfg = semask.get_config("semask_swin_base_fpn", num_classes=19)
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=cfg))
+    assert (dataset, tuple(pre["test_scale"])) == ("cityscapes", (2048, 1024))
+    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("test_swin_fpn")))
+    assert dataset is None and tuple(pre["test_scale"]) == (2048, 512)

@@ -1,0 +1,127 @@
+"""Palettes, overlays, prior grids, save_prediction, `semask segment` and the quickstart example."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semask.cli import main as cli_main
+from semask.data.palettes import DATASETS, generate_palette, get_class_info
+from semask.infer import Prediction
+from semask.viz import colorize, label_png, legend, overlay, prior_grid, save_prediction
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dataset_tables():
+    sizes = {name: (len(info.names), info.palette.shape, info.label_offset) for name, info in DATASETS.items()}
+    assert sizes == {"ade20k": (150, (150, 3), 1), "cityscapes": (19, (19, 3), 0), "coco_stuff10k": (171, (171, 3), 1)}
+    ade = DATASETS["ade20k"]
+    assert ade.names[:3] == ("wall", "building", "sky") and ade.names[-1] == "flag"
+    assert ade.palette[0].tolist() == [120, 120, 120] and ade.palette[-1].tolist() == [92, 0, 255]
+    assert DATASETS["cityscapes"].palette[0].tolist() == [128, 64, 128]  # road
+    assert DATASETS["coco_stuff10k"].names[-1] == "wood"
+    assert len(set(ade.names)) == 150
+    assert get_class_info(num_classes=19) is DATASETS["cityscapes"]
+    with pytest.raises(ValueError, match="choose from"):
+        get_class_info("voc")
+
+
+def test_generated_palette():
+    pal = generate_palette(300)
+    assert pal.shape == (300, 3) and pal.dtype == np.uint8
+    assert len({tuple(c) for c in pal}) == 300  # distinct colours
+    custom = get_class_info(num_classes=7)
+    assert custom.names[6] == "class_6" and np.array_equal(custom.palette, generate_palette(7))
+
+
+def _prediction(h: int = 21, w: int = 34) -> Prediction:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 150, (h, w))
+    priors = [torch.randn(150, -(-h // s), -(-w // s)) for s in (4, 8, 16, 32)]
+    return Prediction(labels=labels, confidence=rng.random((h, w), dtype=np.float32),
+                      image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8), priors=priors,
+                      classes=DATASETS["ade20k"])
+
+
+def test_overlay_follows_the_palette():
+    pred = _prediction()
+    pal = pred.classes.palette
+    assert np.array_equal(overlay(pred.image, pred.labels, 1.0, palette=pal), pal[pred.labels])
+    assert np.array_equal(overlay(pred.image, pred.labels, 0.0, palette=pal), pred.image)
+    half = overlay(pred.image, pred.labels, 0.5, palette=pal).astype(int)
+    assert np.abs(half - (pred.image.astype(int) + pal[pred.labels]) / 2).max() <= 0.5
+    assert colorize(np.array([[255]]), pal).tolist() == [[[0, 0, 0]]]  # ignore index: black
+    with pytest.raises(ValueError, match="must match"):
+        overlay(pred.image, pred.labels[:5], 0.5)
+
+
+def test_save_prediction_writes_real_pngs(tmp_path):
+    pred = _prediction()
+    paths = save_prediction(pred, tmp_path, "x", priors_png=True, alpha=1.0)
+    raw = np.asarray(Image.open(paths["labels"]))
+    assert Image.open(paths["labels"]).format == "PNG"
+    assert np.array_equal(raw, pred.labels + 1)  # ADE20K ids: 1..150, lossless
+    ov = Image.open(paths["overlay"])
+    assert (ov.format, ov.mode, ov.size) == ("PNG", "RGB", (34, 21))
+    assert np.array_equal(np.asarray(ov), pred.classes.palette[pred.labels])
+    grid = Image.open(paths["priors"])
+    assert grid.format == "PNG" and grid.width > 5 * 256 and grid.height > 2 * 150
+    colours = {tuple(c) for c in np.asarray(grid.convert("RGB")).reshape(-1, 3)}
+    stage4 = torch.softmax(pred.priors[3], 0).argmax(0).unique().tolist()
+    assert all(tuple(pred.classes.palette[k]) in colours for k in stage4)  # prior arg-max drawn in palette colours
+
+
+def test_label_png_widths():
+    assert label_png(np.array([[0, 255]])).mode == "L"
+    wide = label_png(np.array([[0, 300]]))
+    assert np.asarray(wide).tolist() == [[0, 300]]
+    with pytest.raises(ValueError, match="0..65535"):
+        label_png(np.array([[-1]]))
+
+
+def test_legend_lists_present_classes():
+    img = legend(DATASETS["cityscapes"].names, DATASETS["cityscapes"].palette, np.array([[0, 0, 13]]))
+    colours = {tuple(c) for c in img.reshape(-1, 3)}
+    assert (128, 64, 128) in colours and (0, 0, 142) in colours and (244, 35, 232) not in colours
+
+
+def test_prior_grid_without_priors_is_a_clear_error(tmp_path):
+    pred = _prediction()
+    pred.priors = []
+    assert prior_grid(pred).width > 0
+    with pytest.raises(ValueError, match="no semantic-prior"):
+        save_prediction(pred, tmp_path, priors_png=True)
+
+
+def test_cli_segment_folder_skips_unreadable_files(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((9, 13, 3), 100, np.uint8)).save(src / "ok.png")
+    Image.fromarray(np.full((7, 5, 3), 30, np.uint8)).save(src / "sub" / "ok2.jpg")
+    (src / "broken.jpg").write_bytes(b"not an image")
+    (src / "empty.png").write_bytes(b"")
+    rc = cli_main(["segment", str(src), "--model", "test_semask_swin_fpn", "--out", str(tmp_path / "out"),
+                   "--overlay", "--priors", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "segmented 2/4" in captured.out
+    assert "broken.jpg" in captured.err and "empty.png" in captured.err
+    out = tmp_path / "out"
+    assert Image.open(out / "ok.png").size == (13, 9) and Image.open(out / "sub" / "ok2.png").size == (5, 7)
+    assert (out / "ok_overlay.png").is_file() and (out / "sub" / "ok2_priors.png").is_file()
+    assert cli_main(["segment", str(tmp_path / "nope.png"), "--model", "test_semask_swin_fpn", "--out", "x"]) == 2
+
+
+def test_quickstart_runs_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--out", str(tmp_path)])
+    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    assert "label map (240, 320)" in capsys.readouterr().out
+    assert Image.open(tmp_path / "demo_overlay.png").size == (320, 240)
+    assert Image.open(tmp_path / "demo_priors.png").format == "PNG"
