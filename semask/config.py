@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-DECODERS = ("fpn",)
+DECODERS = ("fpn", "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class ModelConfig:
     `sem_window_size`) or "global" (all tokens) semantic attention; None means plain Swin (no semantic layers).
     `sem_num_classes` is the class count of the semantic layers (None: same as `num_classes`); the released
     COCO-Stuff-10k configs differ here (150 vs 171, quirk Q1), so it is its own field.
+
+    Mask-classification decoders (`decoder` "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
+    use the fields below `size_divisibility` (names of the original detectron2 config): `dec_layers` is the number
+    of transformer decoder layers actually built (Mask2Former's DEC_LAYERS minus 1), `enc_*` configure the
+    deformable-attention encoder of the Mask2Former pixel decoders, `decoder_dropout` is the transformer dropout.
     """
 
     arch: str
@@ -37,6 +42,17 @@ class ModelConfig:
     decoder_channels: int = 256
     decoder_dropout: float = 0.1
     attn_impl: str = "sdpa"
+    size_divisibility: int = 32
+    conv_dim: int = 256
+    mask_dim: int = 256
+    hidden_dim: int = 256
+    num_queries: int = 100
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dec_layers: int = 6
+    enc_layers: int = 6
+    enc_dim_feedforward: int = 1024
+    enc_points: int = 4
 
     def __post_init__(self) -> None:
         for name in ("depths", "num_heads", "semantic_attention"):  # lists from JSON -> tuples

@@ -20,7 +20,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Structure fields: weights for one structure cannot be loaded into another.
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
-              "decoder_channels", "num_sem_blocks", "mlp_ratio")
+              "decoder_channels", "num_sem_blocks", "mlp_ratio", "conv_dim", "mask_dim", "hidden_dim", "num_queries",
+              "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points")
 
 
 @functools.lru_cache(maxsize=1)

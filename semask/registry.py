@@ -34,6 +34,20 @@ def _swin(size: str, semantic: bool) -> dict[str, Any]:
     return cfg
 
 
+# Mask-classification decoders on SeMask Swin-L (detectron2 originals, reference §2.2 / §6.2). Untagged defaults =
+# the ADE20K release; `dec_layers` counts built layers (Mask2Former DEC_LAYERS 10 -> 9).
+_M2F = dict(dec_layers=9, decoder_dropout=0.0, enc_layers=6)
+_MASK = {
+    "maskformer": dict(semantic_attention=(W, W, W, G), dec_layers=6, decoder_dropout=0.1),
+    "mask2former": dict(_M2F, semantic_attention=(W, W, W, G)),
+    "fapn_mask2former": dict(_M2F, semantic_attention=(W, W, G, G)),
+    "msfapn_mask2former": dict(_M2F, semantic_attention=(W, W, G, G)),
+}
+# Tiny mask-classification models: "test_semask_maskformer" is the configuration of parity fixture e1.
+_TEST_MASK = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
+                  sem_window_size=7, conv_dim=32, mask_dim=32, hidden_dim=32, nheads=4, dim_feedforward=64,
+                  num_queries=8, dec_layers=3, enc_layers=2, enc_dim_feedforward=64, drop_path_rate=0.1)
+
 _TEST = dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
              decoder_channels=16, drop_path_rate=0.1)
 
@@ -45,6 +59,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     "test_semask_swin_fpn_global": dict(_TEST, window_size=4, depths=(1, 0, 2, 1),
                                         semantic_attention=(W, W, G, G), sem_window_size=5),
     "test_swin_fpn": dict(_TEST),
+    **{f"semask_swin_large_{d}": dict(_swin("large", semantic=True), decoder=d, **f) for d, f in _MASK.items()},
+    **{f"test_semask_{d}": dict(_TEST_MASK, decoder=d, **{k: v for k, v in f.items() if k in ("semantic_attention",
+                                                                                               "decoder_dropout")})
+       for d, f in _MASK.items()},
 }
 
 

@@ -61,6 +61,10 @@ def build_model(config: ModelConfig) -> Segmentor:
         semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
         sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
         attn_impl=c.attn_impl)
+    if c.decoder != "fpn":  # mask classification (MaskFormer / Mask2Former / FaPN); late import: it subclasses us
+        from .decoders.maskformer import MaskFormerHead, MaskFormerSegmentor
+
+        return MaskFormerSegmentor(backbone, MaskFormerHead(backbone.dims, c), c)
     head = SemanticFPNHead(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
                            dropout=c.decoder_dropout)
     return Segmentor(backbone, head, c)

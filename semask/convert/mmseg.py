@@ -74,7 +74,7 @@ def _check_family(sd: StateDict) -> None:
     keys = list(sd)
     if any(k.startswith("sem_seg_head.") for k in keys):
         raise ValueError("this is a detectron2 MaskFormer/Mask2Former checkpoint (keys 'sem_seg_head.*'); "
-                         "this version of semask loads only mmseg SeMask-FPN / Swin-FPN checkpoints")
+                         "load it with semask.load_original (semask.convert.detectron2)")
     if not any(k.startswith("backbone.layers.") for k in keys):
         raise ValueError(f"not an mmseg Swin checkpoint: no 'backbone.layers.*' keys (first keys: {keys[:3]}); "
                          "semask.load_original reads SeMask-FPN / Swin-FPN checkpoints")
@@ -161,7 +161,8 @@ def mmseg_to_semask(sd: StateDict, model: Segmentor) -> StateDict:
 
 def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: bool = False,
                   **overrides: Any) -> Segmentor:
-    """Build the architecture an original mmseg checkpoint describes and load it (eval mode).
+    """Build the architecture an original checkpoint describes and load it (eval mode): mmseg SeMask-FPN /
+    Swin-FPN, or detectron2 SeMask MaskFormer / Mask2Former / FaPN / MSFaPN (`semask.convert.detectron2`).
 
     Args:
         checkpoint: a path to the `.pth`, or the loaded object (`{'state_dict': ...}`, `{'model': ...}`, bare).
@@ -171,6 +172,10 @@ def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: b
     obj = read_checkpoint(checkpoint, allow_unsafe=allow_unsafe) if isinstance(checkpoint, (str, Path)) \
         else checkpoint
     sd = unwrap_state_dict(obj)
+    from .detectron2 import is_detectron2, load_d2_state_dict  # MaskFormer / Mask2Former / FaPN checkpoints
+
+    if is_detectron2(sd):
+        return load_d2_state_dict(sd, **overrides)
     model = build_model(infer_mmseg_config(sd, **overrides))
     model.load_state_dict(mmseg_to_semask(sd, model), strict=True)
     return model.eval()
