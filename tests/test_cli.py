@@ -20,7 +20,7 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     names = capsys.readouterr().out.split()
     assert "semask_swin_large_fpn" in names and "swin_tiny_fpn" not in names
     assert main(["list", "--pretrained"]) == 0
-    assert len(capsys.readouterr().out.split()) == 12
+    assert len(capsys.readouterr().out.split()) == 17  # the 17 released SeMask checkpoints
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]
@@ -37,4 +37,4 @@ def test_quickstart_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "labels_color.png").stat().st_size > 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"demo.png", "demo_overlay.png", "demo_priors.png"}
