@@ -242,3 +242,17 @@ def test_unpublished_tag_says_how_to_convert():
         semask.create_model("semask_swin_tiny_fpn.ade20k", pretrained=True)
     with pytest.raises(ValueError, match="hf-hub:owner/repo"):
         semask.create_model("test_semask_swin_fpn", pretrained="hf-hub:nothing")
+
+
+def test_pretrained_backbone_from_hub_repo(hub):
+    from safetensors.torch import save
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(5)
+    tm = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=10)
+    commit = "d" * 40
+    hub.repos["timm/tiny-swin"] = {"refs": {"main": commit}, "commits": {commit: {"model.safetensors": save(
+        {k: v.contiguous() for k, v in tm.state_dict().items()})}}}
+    model = semask.create_model("test_semask_swin_fpn", pretrained_backbone="hf-hub:timm/tiny-swin")
+    torch.testing.assert_close(model.backbone.patch_embed.proj.weight, tm.patch_embed.proj.weight, atol=0, rtol=0)
+    assert ("GET", "/timm/tiny-swin/resolve/main/model.safetensors") in hub.requests
