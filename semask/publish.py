@@ -42,7 +42,7 @@ def match_tag(config: ModelConfig) -> str | None:
 
 def model_card(name: str, entry: dict[str, Any], repo_id: str) -> str:
     """README.md of the hub repo: license front matter, provenance, metrics, usage, verification."""
-    license_id = (entry.get("license") or "unknown").lower()
+    license_id = "-".join((entry.get("license") or "unknown").lower().split())  # "CC BY-NC 4.0" -> cc-by-nc-4.0
     metrics = entry.get("metrics") or {}
     source = (entry.get("source") or {}).get("url", "n/a")
     sha = entry["hub"]["sha256"]
