@@ -1,4 +1,4 @@
-"""`semask` command line: list | info | convert | segment."""
+"""`semask` command line: list | info | convert | segment | publish."""
 
 from __future__ import annotations
 
@@ -90,6 +90,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .publish import publish_one
+
+    if args.model and len(args.checkpoints) > 1:
+        raise ValueError("--model names one tag; publish several checkpoints in separate calls, or omit it")
+    entries = {}
+    for ckpt in args.checkpoints:
+        stem = Path(ckpt).stem
+        out = Path(args.out) / stem if args.out else Path("publish") / stem
+        name, entry = publish_one(ckpt, out, repo_id=args.repo_id, name=args.model, dry_run=args.dry_run,
+                                  allow_unsafe=args.allow_unsafe)
+        entries[name] = entry
+        print(f"{'dry run: wrote' if args.dry_run else 'published'} {name} -> {out} "
+              f"(repo {entry['hub']['repo_id']}, sha256 {entry['hub']['sha256']})", file=sys.stderr)
+    print(json.dumps(entries, indent=1))  # the manifest entries to commit in semask/weights_manifest.json
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semask", description="SeMask semantic segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger images (default 4096²)")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("publish", help="convert original checkpoints, write model.safetensors + config.json + model "
+                                       "card, upload to the Hugging Face Hub, print the manifest entries")
+    p.add_argument("checkpoints", nargs="+", metavar="ORIGINAL", help="original .pth files")
+    p.add_argument("--repo-id", help="hub repo (may use {arch}, {dataset}, {name}); default: the manifest's")
+    p.add_argument("--model", help="arch.tag of the checkpoint (default: the released tag its config matches)")
+    p.add_argument("--out", help="folder for the files, one subfolder per checkpoint (default: ./publish)")
+    p.add_argument("--dry-run", action="store_true", help="write the files and print the entry; upload nothing")
+    p.add_argument("--allow-unsafe", action="store_true", help="unpickle arbitrary objects (trusted files only)")
+    p.set_defaults(func=_cmd_publish)
     return parser
 
 

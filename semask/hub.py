@@ -1,10 +1,13 @@
-"""Weights: the manifest of tags, and loading/saving semask weights (`model.safetensors` + `config.json`)."""
+"""Weights: the manifest of tags, Hugging Face Hub downloads (pinned revision + sha256), and loading/saving semask
+weights (`model.safetensors` + `config.json`)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ _log = logging.getLogger(__name__)
 LOCAL_DIR = "local-dir:"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+HF_PREFIX = "hf-hub:"
 # Structure fields: weights for one structure cannot be loaded into another.
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
               "decoder_channels", "num_sem_blocks", "mlp_ratio", "conv_dim", "mask_dim", "hidden_dim", "num_queries",
@@ -66,19 +70,136 @@ def _unpublished_error(name: str) -> ValueError:
         return ValueError(f"{name!r} has no released weights; pretrained tags: semask.list_pretrained()")
     url = entry["source"]["url"]
     return ValueError(f"converted weights for {name} are not published yet. Download the original checkpoint from "
-                      f"{url}, then run `semask convert ORIGINAL.pth ./{name}` and "
+                      f"{url}, then run `semask convert ORIGINAL.pth ./{name} --model {name}` and "
                       f"`semask.create_model({name!r}, pretrained='./{name}')`")
+
+
+def is_published(entry: dict[str, Any] | None) -> bool:
+    """A manifest entry whose converted weights are on the hub (repo id, pinned revision and sha256 all known)."""
+    hub = (entry or {}).get("hub") or {}
+    return all(hub.get(k) for k in ("repo_id", "revision", "filename", "sha256"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None]:
+    """'hf-hub:owner/repo@revision' -> ('owner/repo', 'revision'); the revision is optional (default branch)."""
+    repo_id, _, revision = spec.removeprefix(HF_PREFIX).partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"expected 'hf-hub:owner/repo' or 'hf-hub:owner/repo@revision', got {spec!r}")
+    return repo_id, revision or None
+
+
+def _hub_env() -> dict[str, Any]:
+    """Endpoint, cache folder and offline flag, read from the environment at call time (huggingface_hub reads its
+    own copies at import time, so settings made later in the process would otherwise be ignored)."""
+    from huggingface_hub import constants
+
+    env = os.environ
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not cache and env.get("HF_HOME"):
+        cache = os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
+    truthy = {"1", "ON", "YES", "TRUE"}
+    offline = constants.HF_HUB_OFFLINE or env.get("HF_HUB_OFFLINE", "").upper() in truthy
+    return {"endpoint": (env.get("HF_ENDPOINT") or "").rstrip("/") or None, "cache_dir": cache,
+            "local_files_only": offline}
+
+
+def _evict(path: Path) -> None:
+    """Remove a cached hub file: the snapshot entry and the blob it points to."""
+    blob = path.resolve()
+    for p in (path, blob):
+        if p.is_symlink() or p.exists():
+            p.unlink()
+
+
+def hub_download(repo_id: str, filename: str, *, revision: str | None = None, sha256: str | None = None) -> Path:
+    """`hf_hub_download` (cache, `HF_HUB_OFFLINE`, `HF_ENDPOINT` honoured) + sha256 check before anything reads it.
+
+    A file whose sha256 differs from `sha256` is deleted from the cache and a `ValueError` raised; a missing repo,
+    revision or file, or an unreachable hub with nothing cached, raise `FileNotFoundError`; a failed transfer
+    (nothing is left in the cache: huggingface_hub writes to a temporary file first) raises `OSError`.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (  # also where huggingface_hub < 0.23 (no `.errors`) has them
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}/{filename}@{revision or 'main'}"
+    settings = _hub_env()
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, **settings))
+    except LocalEntryNotFoundError as err:
+        why = "HF_HUB_OFFLINE is set" if settings["local_files_only"] else "the hub could not be reached"
+        raise FileNotFoundError(f"{where} is not in the cache ({settings['cache_dir'] or 'default HF cache'}) and "
+                                f"{why}; download it once online, or pass a local file as pretrained=") from err
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        raise FileNotFoundError(f"{where} does not exist on the hub ({type(err).__name__}); check the repo id, "
+                                "revision and file name") from err
+    except (ValueError, TypeError):
+        raise
+    except Exception as err:  # transport errors (connection reset, truncated body, HTTP 5xx) from any http backend
+        raise OSError(f"downloading {where} failed ({type(err).__name__}: {str(err)[:200]}); nothing was kept in "
+                      "the cache, try again") from err
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            _evict(path)
+            raise ValueError(f"sha256 mismatch for {where}: expected {sha256}, got {actual}. The cached file was "
+                             "deleted; download again, and report it if this persists (the file on the hub changed "
+                             "or is corrupt)")
+    return path
+
+
+def _download_pretrained(name: str) -> Path:
+    """The manifest's published weights of `arch.tag`, downloaded at the pinned revision and verified."""
+    entry = load_manifest().get(name)
+    if not is_published(entry):
+        raise _unpublished_error(name)
+    hub = entry["hub"]
+    return hub_download(hub["repo_id"], hub["filename"], revision=hub["revision"], sha256=hub["sha256"])
+
+
+def _download_spec(spec: str) -> Path:
+    """'hf-hub:owner/repo@rev' -> local weights path (config.json fetched beside it when the repo has one)."""
+    repo_id, revision = parse_hf_spec(spec)
+    known = next((e["hub"]["sha256"] for e in load_manifest().values() if is_published(e)
+                  and e["hub"]["repo_id"] == repo_id and e["hub"]["revision"] == revision), None)
+    weights = hub_download(repo_id, WEIGHTS_NAME, revision=revision, sha256=known)
+    commit = weights.parent.name if len(weights.parent.name) == 40 else revision  # same commit for the config
+    try:
+        hub_download(repo_id, CONFIG_NAME, revision=commit)
+    except FileNotFoundError:
+        _log.info("%s has no %s; using the architecture of the name passed to create_model", repo_id, CONFIG_NAME)
+    if known is None:
+        _log.info("%s: sha256 %s (not in the manifest; pin it with '@<commit>' for reproducible loads)", spec,
+                  file_sha256(weights))
+    return weights
 
 
 def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *,
                     num_classes: int | None = None, overrides: dict[str, Any] | None = None) -> Segmentor:
-    """Build `config`'s model with weights from `source` (True, a semask folder/file, or an original checkpoint).
+    """Build `config`'s model with weights from `source`: True (the manifest's published weights, verified),
+    'hf-hub:owner/repo@revision', a semask folder/safetensors file, or an original checkpoint.
 
     The weights' saved config wins over `config` for the architecture; explicit `overrides` win over both.
     """
     overrides = overrides or {}
     if source is True:
-        raise _unpublished_error(name)
+        source = _download_pretrained(name)
+    elif isinstance(source, str) and source.startswith(HF_PREFIX):
+        source = _download_spec(source)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"pretrained={str(source)!r} does not exist; pass True, a semask folder or "

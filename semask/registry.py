@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .hub import LOCAL_DIR, load_local_dir, load_manifest, load_pretrained
+from .hub import HF_PREFIX, LOCAL_DIR, hub_download, is_published, load_local_dir, load_manifest, load_pretrained
 from .segmentor import Segmentor, build_model
 
 W, G = "window", "global"
@@ -48,6 +48,14 @@ _TEST_MASK = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), win
                   sem_window_size=7, conv_dim=32, mask_dim=32, hidden_dim=32, nheads=4, dim_feedforward=64,
                   num_queries=8, dec_layers=3, enc_layers=2, enc_dim_feedforward=64, drop_path_rate=0.1)
 
+# ImageNet weights the paper fine-tuned from (T/S: IN-1k 224, B/L: IN-22k 384), as timm's Hugging Face Hub repos.
+_IMAGENET = {
+    "tiny": "timm/swin_tiny_patch4_window7_224.ms_in1k",
+    "small": "timm/swin_small_patch4_window7_224.ms_in1k",
+    "base": "timm/swin_base_patch4_window12_384.ms_in22k",
+    "large": "timm/swin_large_patch4_window12_384.ms_in22k",
+}
+
 _TEST = dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
              decoder_channels=16, drop_path_rate=0.1)
 
@@ -63,6 +71,11 @@ ARCHS: dict[str, dict[str, Any]] = {
     **{f"test_semask_{d}": dict(_TEST_MASK, decoder=d, **{k: v for k, v in f.items() if k in ("semantic_attention",
                                                                                                "decoder_dropout")})
        for d, f in _MASK.items()},
+}
+# arch -> hub repo of the ImageNet Swin checkpoint `create_model(arch, pretrained_backbone=True)` starts from.
+BACKBONE_WEIGHTS: dict[str, str] = {
+    **{f"semask_swin_{s}_fpn": _IMAGENET[s] for s in _SWIN},
+    **{f"swin_{s}_fpn": _IMAGENET[s] for s in _SWIN},
 }
 
 
@@ -87,30 +100,70 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**fields).replace(**overrides)
 
 
+def default_tag(arch: str) -> str:
+    """The `arch.tag` that `pretrained=True` uses when only `arch` is given: a published tag first, else the first
+    released one (ADE20K sorts first)."""
+    split_name(arch)
+    released = list_pretrained(f"{arch}.*")
+    published = [n for n in released if is_published(load_manifest()[n])]
+    if not released:
+        raise ValueError(f"{arch} has no released weights; pretrained architectures: "
+                         f"{sorted({n.split('.')[0] for n in list_pretrained()})}")
+    return (published or released)[0]
+
+
 def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
-                 **overrides: Any) -> Segmentor:
+                 pretrained_backbone: bool | str | Path = False, **overrides: Any) -> Segmentor:
     """Build `arch` or `arch.tag` (or `local-dir:PATH`, a folder written by `semask convert`), optionally with weights.
 
     Args:
-        pretrained: False; True (the tag's published weights); a local safetensors file or folder
-            (`model.safetensors` + `config.json`); or an ORIGINAL checkpoint (.pth), converted on the fly with
-            the tag's windowed/global semantic layout (untagged: the original code's rule, as `load_original`).
+        pretrained: False; True (the tag's published weights, downloaded at the pinned revision and verified
+            against the manifest's sha256; `arch` alone means `default_tag(arch)`); 'hf-hub:owner/repo@revision';
+            a local safetensors file or folder (`model.safetensors` + `config.json`); or an ORIGINAL checkpoint
+            (.pth), converted on the fly with the tag's windowed/global semantic layout (untagged: the original
+            code's rule, as `load_original`).
         num_classes: a class count different from the weights' re-initialises only the classifier and the
             semantic-layer class projections (and logs which tensors).
+        pretrained_backbone: ImageNet Swin weights for the backbone only, to fine-tune from: True (the paper's,
+            `BACKBONE_WEIGHTS[arch]` from the hub), 'hf-hub:owner/repo@revision' (a timm Swin repo), or a local
+            timm `.safetensors` / Microsoft or timm `.pth`. Semantic layers and the decoder keep their init.
         overrides: any `ModelConfig` field, e.g. `attn_impl="eager"`, `drop_path_rate=0.1`.
     """
     if name.startswith(LOCAL_DIR):  # timm's convention: the folder's config.json is the architecture
         return load_local_dir(name[len(LOCAL_DIR):], num_classes=num_classes, overrides=overrides)
+    if pretrained is True and "." not in name:
+        name = default_tag(name)
     config = get_config(name, **overrides)
     if pretrained is False or pretrained is None:
         if num_classes is not None:
             config = config.replace(num_classes=num_classes, sem_num_classes=overrides.get("sem_num_classes"))
         model = build_model(config)
+        if pretrained_backbone:
+            _load_backbone(model, name, pretrained_backbone)
+    elif pretrained_backbone:
+        raise ValueError("pass pretrained= (whole-model weights) or pretrained_backbone= (ImageNet init), not both")
     else:
         model = load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
     if "." in name and model.config.num_classes == load_manifest()[name]["num_classes"]:
         model.pretrained_cfg = dict(load_manifest()[name], name=name)  # preprocessing, dataset (used by Predictor)
     return model
+
+
+def _load_backbone(model: Segmentor, name: str, source: bool | str | Path) -> None:
+    from .convert.swin_imagenet import load_imagenet_backbone, read_imagenet_checkpoint
+
+    arch = name.partition(".")[0]
+    if source is True:
+        if arch not in BACKBONE_WEIGHTS:
+            raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(BACKBONE_WEIGHTS)}, "
+                             "or pass pretrained_backbone='path/to/swin.pth'")
+        source = HF_PREFIX + BACKBONE_WEIGHTS[arch]
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        from .hub import parse_hf_spec
+
+        repo_id, revision = parse_hf_spec(source)
+        source = hub_download(repo_id, "model.safetensors", revision=revision)
+    load_imagenet_backbone(model.backbone, read_imagenet_checkpoint(source))
 
 
 def list_models(pattern: str = "*", *, include_tags: bool = False) -> list[str]:

@@ -1,0 +1,127 @@
+"""Publish converted weights: original checkpoint -> `model.safetensors` + `config.json` + model card -> the hub.
+
+`publish_one` returns the manifest entry to commit (hub repo id, revision = the upload's commit, sha256 of the
+safetensors file); a dry run writes the same files and leaves `revision` null.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .hub import WEIGHTS_NAME, file_sha256, load_manifest, save_pretrained
+
+_log = logging.getLogger(__name__)
+_QUIRKS = ("semantic_attention", "sem_window_size")
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """The manifest's `num_params`: parameters only (BatchNorm running stats are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def match_tag(config: ModelConfig) -> str | None:
+    """The released `arch.tag` whose architecture, classes and semantic layout equal `config`'s, if exactly one."""
+    from .registry import get_config
+
+    hits = []
+    for name, entry in load_manifest().items():
+        if not entry.get("source") or entry["arch"] != config.arch:
+            continue
+        tag = get_config(name)
+        if (tag.num_classes, tag.semantic_attention, tag.sem_window_size) == \
+                (config.num_classes, config.semantic_attention, config.sem_window_size):
+            hits.append(name)
+    return hits[0] if len(hits) == 1 else None
+
+
+def model_card(name: str, entry: dict[str, Any], repo_id: str) -> str:
+    """README.md of the hub repo: license front matter, provenance, metrics, usage, verification."""
+    license_id = "-".join((entry.get("license") or "unknown").lower().split())  # "CC BY-NC 4.0" -> cc-by-nc-4.0
+    metrics = entry.get("metrics") or {}
+    source = (entry.get("source") or {}).get("url", "n/a")
+    sha = entry["hub"]["sha256"]
+    rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| – | – |"
+    return f"""---
+license: {license_id}
+library_name: semask
+pipeline_tag: image-segmentation
+tags:
+- semantic-segmentation
+- semask
+- swin
+datasets:
+- {entry.get("dataset") or "unknown"}
+---
+
+# {name}
+
+SeMask weights converted from the [original release](https://github.com/Picsart-AI-Research/SeMask-Segmentation)
+to safetensors with `semask publish`. Architecture `{entry.get("arch")}`, {entry.get("num_classes")} classes
+({entry.get("class_names") or "see config.json"}), {entry.get("num_params")} parameters.
+
+- Original checkpoint: {source}
+- License: {entry.get("license") or "unknown"} (as the original release)
+- `model.safetensors` sha256: `{sha}`
+
+## Reported results (original paper / repository)
+
+| metric | value |
+|---|---|
+{rows}
+
+## Usage
+
+```python
+import semask
+model = semask.create_model("{name}", pretrained=True).eval()          # pinned revision, sha256-checked
+model = semask.create_model("{entry.get('arch')}", pretrained="hf-hub:{repo_id}")  # latest revision
+```
+
+Inputs: RGB, normalised with mean {(entry.get("preprocessing") or {}).get("mean")} and std
+{(entry.get("preprocessing") or {}).get("std")} (0–255 scale).
+"""
+
+
+def publish_one(original: str | Path, out_dir: str | Path, *, repo_id: str | None = None, name: str | None = None,
+                dry_run: bool = False, allow_unsafe: bool = False) -> tuple[str, dict[str, Any]]:
+    """Convert one original checkpoint into `out_dir` (and upload it unless `dry_run`); returns (name, entry).
+
+    Args:
+        repo_id: target repo; may use `{arch}`, `{dataset}`, `{name}` fields. Default: the manifest's `hub.repo_id`.
+        name: the `arch.tag` the checkpoint is; default: the one released tag that matches the converted config.
+    """
+    from .convert import load_original
+    from .registry import get_config
+
+    overrides = {k: getattr(get_config(name), k) for k in _QUIRKS} if name else {}
+    model = load_original(original, allow_unsafe=allow_unsafe, **overrides)
+    name = name or match_tag(model.config) or model.config.arch
+    manifest = load_manifest()
+    entry = copy.deepcopy(manifest[name]) if name in manifest else {
+        "arch": model.config.arch, "dataset": None, "num_classes": model.config.num_classes,
+        "model": {k: v for k, v in model.config.to_dict().items() if k != "arch"}, "license": None, "source": None}
+    arch, _, dataset = name.partition(".")
+    planned = (entry.get("hub") or {}).get("repo_id")
+    repo_id = (repo_id or planned or "").format(arch=arch, dataset=dataset, name=name.replace(".", "-"))
+    if not repo_id:
+        raise ValueError(f"no hub repo known for {name!r}; pass --repo-id OWNER/NAME")
+    out = Path(out_dir)
+    weights = save_pretrained(model, out)
+    entry["num_params"] = count_params(model)
+    entry["hub"] = {"repo_id": repo_id, "revision": None, "filename": WEIGHTS_NAME, "sha256": file_sha256(weights)}
+    (out / "README.md").write_text(model_card(name, entry, repo_id), encoding="utf-8")
+    if not dry_run:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message=f"semask publish {name}")
+        entry["hub"]["revision"] = info.oid
+        _log.info("uploaded %s to %s at %s", name, repo_id, info.oid)
+    return name, entry
