@@ -55,10 +55,9 @@ def test_manifest_consistent_with_registry():
         hub = entry["hub"]
         with torch.device("meta"):
             model = semask.create_model(name)
-        # FPN entries count parameters exactly; detectron2-derived entries (issue #7) count the original's float
-        # state-dict tensors (criterion.empty_weight, FaPN's shared GroupNorm listed twice): agree to 0.001 %.
+        # num_params counts our model's parameters (not buffers), for every family.
         n = sum(p.numel() for p in model.parameters())
-        assert n == entry["num_params"] or abs(n - entry["num_params"]) < 1e-5 * n, (name, n, entry["num_params"])
+        assert n == entry["num_params"], (name, n, entry["num_params"])
         if entry["source"] is None:  # architecture-only tag
             assert hub is None, name
             continue
