@@ -73,9 +73,10 @@ ARCHS: dict[str, dict[str, Any]] = {
        for d, f in _MASK.items()},
 }
 # arch -> hub repo of the ImageNet Swin checkpoint `create_model(arch, pretrained_backbone=True)` starts from.
+# Derived from the table: every architecture whose Swin sizes are one of the paper's (FPN and mask decoders alike).
 BACKBONE_WEIGHTS: dict[str, str] = {
-    **{f"semask_swin_{s}_fpn": _IMAGENET[s] for s in _SWIN},
-    **{f"swin_{s}_fpn": _IMAGENET[s] for s in _SWIN},
+    name: _IMAGENET[size] for name, cfg in ARCHS.items() for size, (dim, depths, _, _) in _SWIN.items()
+    if (cfg.get("embed_dim"), cfg.get("depths")) == (dim, depths)
 }
 
 
@@ -144,8 +145,9 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
         raise ValueError("pass pretrained= (whole-model weights) or pretrained_backbone= (ImageNet init), not both")
     else:
         model = load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
-    if "." in name and model.config.num_classes == load_manifest()[name]["num_classes"]:
-        model.pretrained_cfg = dict(load_manifest()[name], name=name)  # preprocessing, dataset (used by Predictor)
+    entry = load_manifest().get(name)
+    if entry is not None and model.config.num_classes == entry.get("num_classes"):
+        model.pretrained_cfg = dict(entry, name=name)  # preprocessing, dataset (used by the Predictor)
     return model
 
 
