@@ -20,7 +20,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Structure fields: weights for one structure cannot be loaded into another.
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
-              "decoder_channels", "num_sem_blocks", "mlp_ratio")
+              "decoder_channels", "num_sem_blocks", "mlp_ratio",
+              "backbone", "embed_dims", "mit_sr_ratios", "mit_patch_sizes", "mit_strides")
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,6 +78,10 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     """
     overrides = overrides or {}
     if source is True:
+        from .convert.segformer import is_segformer_tag, load_segformer_tag
+
+        if is_segformer_tag(name):  # SegFormer (MiT) tags: a transformers checkpoint, converted on the fly
+            return load_segformer_tag(name, config, num_classes=num_classes)
         raise _unpublished_error(name)
     path = Path(source)
     if not path.exists():

@@ -34,8 +34,36 @@ def _swin(size: str, semantic: bool) -> dict[str, Any]:
     return cfg
 
 
+# MiT size: (per-stage widths, depths, decoder channels) of SegFormer's B0-B5; every size has 1/2/5/8 heads, key/value
+# reduction 8/4/2/1, patch embeddings k7/s4 then k3/s2, MLP ratio 4, drop path 0.1.
+_MIT = {
+    "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
+    "b1": ((64, 128, 320, 512), (2, 2, 2, 2), 256),
+    "b2": ((64, 128, 320, 512), (3, 4, 6, 3), 768),
+    "b3": ((64, 128, 320, 512), (3, 4, 18, 3), 768),
+    "b4": ((64, 128, 320, 512), (3, 8, 27, 3), 768),
+    "b5": ((64, 128, 320, 512), (3, 6, 40, 3), 768),
+}
+_MIT_COMMON = dict(backbone="mit", num_heads=(1, 2, 5, 8), window_size=None, mit_sr_ratios=(8, 4, 2, 1),
+                   mit_patch_sizes=(7, 3, 3, 3), mit_strides=(4, 2, 2, 2), decoder="segformer", drop_path_rate=0.1)
+# SeMask MiT: no weights or config were released, and MiT has no attention window to inherit. We use the layout of the
+# Swin ADE20K models (T/S/L): 7x7 windows in stages 0-1, global in 2-3. At 512x512 MiT's stage 0 has 128x128 tokens,
+# where global semantic attention would need a 16384x16384 map per image; stages 2-3 (32x32, 16x16) are cheap globally.
+_MIT_SEMANTIC = dict(semantic_attention=(W, W, G, G), sem_window_size=7)
+
+
+def _mit(size: str, semantic: bool) -> dict[str, Any]:
+    dims, depths, channels = _MIT[size]
+    cfg = dict(_MIT_COMMON, embed_dim=dims[0], embed_dims=dims, depths=depths, decoder_channels=channels,
+               num_classes=150)
+    return dict(cfg, **_MIT_SEMANTIC) if semantic else cfg
+
+
 _TEST = dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
              decoder_channels=16, drop_path_rate=0.1)
+
+_TEST_MIT = dict(_MIT_COMMON, embed_dim=8, embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4),
+                 num_classes=5, decoder_channels=16, drop_path_rate=0.0)
 
 ARCHS: dict[str, dict[str, Any]] = {
     **{f"semask_swin_{s}_fpn": _swin(s, semantic=True) for s in _SWIN},
@@ -45,6 +73,12 @@ ARCHS: dict[str, dict[str, Any]] = {
     "test_semask_swin_fpn_global": dict(_TEST, window_size=4, depths=(1, 0, 2, 1),
                                         semantic_attention=(W, W, G, G), sem_window_size=5),
     "test_swin_fpn": dict(_TEST),
+    **{f"semask_mit_{s}_segformer": _mit(s, semantic=True) for s in _MIT},
+    **{f"mit_{s}_segformer": _mit(s, semantic=False) for s in _MIT},
+    # MiT with non-doubling widths (as B0) and semantic windows that need padding at every test size; no stochastic
+    # depth, so that every parameter gets a gradient in a 2-image training step.
+    "test_semask_mit_segformer": dict(_TEST_MIT, semantic_attention=(W, W, G, G), sem_window_size=5),
+    "test_mit_segformer": dict(_TEST_MIT),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .backbones import SwinBackbone
+from .backbones import MiTBackbone, SwinBackbone
 from .config import ModelConfig
-from .decoders import SemanticFPNHead
+from .decoders import SegFormerHead, SemanticFPNHead
 from .decoders.fpn import _resize, prior_decoder
 
 
@@ -51,12 +51,32 @@ class Segmentor(nn.Module):
 def build_model(config: ModelConfig) -> Segmentor:
     """Build an untrained model from a config (ImageNet/original weights are loaded by the callers)."""
     c = config
+    if c.backbone == "mit":
+        return _build_mit_model(c)
     backbone = SwinBackbone(
         embed_dim=c.embed_dim, depths=c.depths, num_heads=c.num_heads, window_size=c.window_size,
         mlp_ratio=c.mlp_ratio, patch_size=c.patch_size, in_chans=c.in_chans, drop_path_rate=c.drop_path_rate,
         semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
         sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
         attn_impl=c.attn_impl)
-    head = SemanticFPNHead(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
-                           dropout=c.decoder_dropout)
+    head = _head_class(c)(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
+                          dropout=c.decoder_dropout)
+    return Segmentor(backbone, head, c)
+
+
+def _head_class(c: ModelConfig) -> type[nn.Module]:
+    """The stride-4 logits decoder named by `c.decoder`."""
+    return SegFormerHead if c.decoder == "segformer" else SemanticFPNHead
+
+
+def _build_mit_model(c: ModelConfig) -> Segmentor:
+    """(SeMask) MiT + the decoder `c.decoder` (SegFormer's all-MLP head for the registered models)."""
+    backbone = MiTBackbone(
+        embed_dims=c.stage_dims, depths=c.depths, num_heads=c.num_heads, sr_ratios=c.mit_sr_ratios,
+        patch_sizes=c.mit_patch_sizes, strides=c.mit_strides, mlp_ratio=c.mlp_ratio, in_chans=c.in_chans,
+        drop_path_rate=c.drop_path_rate, semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
+        sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
+        attn_impl=c.attn_impl)
+    head = _head_class(c)(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
+                          dropout=c.decoder_dropout)
     return Segmentor(backbone, head, c)
