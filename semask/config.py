@@ -6,12 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-DECODERS = ("fpn", "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
+DECODERS = ("fpn", "segformer", "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
+BACKBONES = ("swin", "mit")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a Swin (SeMask) + decoder segmentor.
+    """Architecture of a Swin or MiT (SeMask) backbone + decoder segmentor.
 
     `semantic_attention` is the quirk the weights cannot tell: per stage "window" (non-overlapping windows of
     `sem_window_size`) or "global" (all tokens) semantic attention; None means plain Swin (no semantic layers).
@@ -22,13 +23,17 @@ class ModelConfig:
     use the fields below `size_divisibility` (names of the original detectron2 config): `dec_layers` is the number
     of transformer decoder layers actually built (Mask2Former's DEC_LAYERS minus 1), `enc_*` configure the
     deformable-attention encoder of the Mask2Former pixel decoders, `decoder_dropout` is the transformer dropout.
+
+    `backbone="mit"` (SegFormer's Mix Transformer) uses `embed_dims` (per-stage widths; Swin doubles `embed_dim`),
+    `mit_sr_ratios` (key/value spatial reduction), `mit_patch_sizes` / `mit_strides` (overlapping patch embeddings)
+    and has no attention window (`window_size=None`); `semantic_attention`/`sem_window_size` mean the same as for Swin.
     """
 
     arch: str
     embed_dim: int
     depths: tuple[int, ...]
     num_heads: tuple[int, ...]
-    window_size: int
+    window_size: int | None
     num_classes: int
     semantic_attention: tuple[str, ...] | None = None
     sem_window_size: int | None = None
@@ -53,9 +58,15 @@ class ModelConfig:
     enc_layers: int = 6
     enc_dim_feedforward: int = 1024
     enc_points: int = 4
+    backbone: str = "swin"
+    embed_dims: tuple[int, ...] | None = None
+    mit_sr_ratios: tuple[int, ...] | None = None
+    mit_patch_sizes: tuple[int, ...] | None = None
+    mit_strides: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("depths", "num_heads", "semantic_attention"):  # lists from JSON -> tuples
+        for name in ("depths", "num_heads", "semantic_attention", "embed_dims", "mit_sr_ratios", "mit_patch_sizes",
+                     "mit_strides"):  # lists from JSON -> tuples
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
@@ -63,10 +74,26 @@ class ModelConfig:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.backbone == "swin" and not self.window_size:
+            raise ValueError("a Swin backbone needs window_size")
+        if self.backbone == "mit":
+            missing = [k for k in ("embed_dims", "mit_sr_ratios", "mit_patch_sizes", "mit_strides")
+                       if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a MiT backbone needs {missing} (see the mit_* entries of semask.registry.ARCHS)")
 
     @property
     def semantic(self) -> bool:
         return self.semantic_attention is not None
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        """Channel width of each backbone stage."""
+        if self.embed_dims is not None:
+            return self.embed_dims
+        return tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
 
     @property
     def prior_classes(self) -> int:

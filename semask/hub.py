@@ -25,7 +25,8 @@ HF_PREFIX = "hf-hub:"
 # Structure fields: weights for one structure cannot be loaded into another.
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
               "decoder_channels", "num_sem_blocks", "mlp_ratio", "conv_dim", "mask_dim", "hidden_dim", "num_queries",
-              "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points")
+              "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points",
+              "backbone", "embed_dims", "mit_sr_ratios", "mit_patch_sizes", "mit_strides")
 
 
 @functools.lru_cache(maxsize=1)
@@ -197,8 +198,19 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     """
     overrides = overrides or {}
     if source is True:
+        from .convert.segformer import is_segformer_tag, load_segformer_tag
+
+        if is_segformer_tag(name):  # SegFormer (MiT) tags: a transformers checkpoint, converted on the fly
+            return load_segformer_tag(name, config, num_classes=num_classes)
         source = _download_pretrained(name)
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
+        if config.backbone == "mit":  # 'hf-hub:nvidia/segformer-…': a transformers checkpoint, converted
+            from .convert.segformer import load_segformer_weights
+
+            repo_id, revision = parse_hf_spec(source)
+            if num_classes is not None:
+                config = config.replace(num_classes=num_classes, sem_num_classes=None)
+            return load_segformer_weights(build_model(config), repo_id, revision=revision)
         source = _download_spec(source)
     path = Path(source)
     if not path.exists():

@@ -56,8 +56,36 @@ _IMAGENET = {
     "large": "timm/swin_large_patch4_window12_384.ms_in22k",
 }
 
+# MiT size: (per-stage widths, depths, decoder channels) of SegFormer's B0-B5; every size has 1/2/5/8 heads, key/value
+# reduction 8/4/2/1, patch embeddings k7/s4 then k3/s2, MLP ratio 4, drop path 0.1.
+_MIT = {
+    "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
+    "b1": ((64, 128, 320, 512), (2, 2, 2, 2), 256),
+    "b2": ((64, 128, 320, 512), (3, 4, 6, 3), 768),
+    "b3": ((64, 128, 320, 512), (3, 4, 18, 3), 768),
+    "b4": ((64, 128, 320, 512), (3, 8, 27, 3), 768),
+    "b5": ((64, 128, 320, 512), (3, 6, 40, 3), 768),
+}
+_MIT_COMMON = dict(backbone="mit", num_heads=(1, 2, 5, 8), window_size=None, mit_sr_ratios=(8, 4, 2, 1),
+                   mit_patch_sizes=(7, 3, 3, 3), mit_strides=(4, 2, 2, 2), decoder="segformer", drop_path_rate=0.1)
+# SeMask MiT: no weights or config were released, and MiT has no attention window to inherit. We use the layout of the
+# Swin ADE20K models (T/S/L): 7x7 windows in stages 0-1, global in 2-3. At 512x512 MiT's stage 0 has 128x128 tokens,
+# where global semantic attention would need a 16384x16384 map per image; stages 2-3 (32x32, 16x16) are cheap globally.
+_MIT_SEMANTIC = dict(semantic_attention=(W, W, G, G), sem_window_size=7)
+
+
+def _mit(size: str, semantic: bool) -> dict[str, Any]:
+    dims, depths, channels = _MIT[size]
+    cfg = dict(_MIT_COMMON, embed_dim=dims[0], embed_dims=dims, depths=depths, decoder_channels=channels,
+               num_classes=150)
+    return dict(cfg, **_MIT_SEMANTIC) if semantic else cfg
+
+
 _TEST = dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(1, 2, 4, 8), window_size=7, num_classes=5,
              decoder_channels=16, drop_path_rate=0.1)
+
+_TEST_MIT = dict(_MIT_COMMON, embed_dim=8, embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4),
+                 num_classes=5, decoder_channels=16, drop_path_rate=0.0)
 
 ARCHS: dict[str, dict[str, Any]] = {
     **{f"semask_swin_{s}_fpn": _swin(s, semantic=True) for s in _SWIN},
@@ -71,12 +99,18 @@ ARCHS: dict[str, dict[str, Any]] = {
     **{f"test_semask_{d}": dict(_TEST_MASK, decoder=d, **{k: v for k, v in f.items() if k in ("semantic_attention",
                                                                                                "decoder_dropout")})
        for d, f in _MASK.items()},
+    **{f"semask_mit_{s}_segformer": _mit(s, semantic=True) for s in _MIT},
+    **{f"mit_{s}_segformer": _mit(s, semantic=False) for s in _MIT},
+    # MiT with non-doubling widths (as B0) and semantic windows that need padding at every test size; no stochastic
+    # depth, so that every parameter gets a gradient in a 2-image training step.
+    "test_semask_mit_segformer": dict(_TEST_MIT, semantic_attention=(W, W, G, G), sem_window_size=5),
+    "test_mit_segformer": dict(_TEST_MIT),
 }
 # arch -> hub repo of the ImageNet Swin checkpoint `create_model(arch, pretrained_backbone=True)` starts from.
 # Derived from the table: every architecture whose Swin sizes are one of the paper's (FPN and mask decoders alike).
 BACKBONE_WEIGHTS: dict[str, str] = {
     name: _IMAGENET[size] for name, cfg in ARCHS.items() for size, (dim, depths, _, _) in _SWIN.items()
-    if (cfg.get("embed_dim"), cfg.get("depths")) == (dim, depths)
+    if cfg.get("backbone", "swin") == "swin" and (cfg.get("embed_dim"), cfg.get("depths")) == (dim, depths)
 }
 
 
@@ -155,6 +189,19 @@ def _load_backbone(model: Segmentor, name: str, source: bool | str | Path) -> No
     from .convert.swin_imagenet import load_imagenet_backbone, read_imagenet_checkpoint
 
     arch = name.partition(".")[0]
+    if model.config.backbone == "mit":  # ImageNet MiT in the transformers layout (nvidia/mit-b*)
+        from .convert.segformer import load_mit_pretrained_backbone, load_segformer_weights
+
+        if source is True:
+            load_mit_pretrained_backbone(model)
+        elif isinstance(source, str) and source.startswith(HF_PREFIX):
+            from .hub import parse_hf_spec
+
+            repo_id, revision = parse_hf_spec(source)
+            load_segformer_weights(model, repo_id, revision=revision)
+        else:
+            load_segformer_weights(model, source)
+        return
     if source is True:
         if arch not in BACKBONE_WEIGHTS:
             raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(BACKBONE_WEIGHTS)}, "

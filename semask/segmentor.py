@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .backbones import SwinBackbone
+from .backbones import MiTBackbone, SwinBackbone
 from .config import ModelConfig
-from .decoders import SemanticFPNHead
+from .decoders import SegFormerHead, SemanticFPNHead
 from .decoders.fpn import _resize, prior_decoder
 
 
@@ -55,16 +55,25 @@ class Segmentor(nn.Module):
 def build_model(config: ModelConfig) -> Segmentor:
     """Build an untrained model from a config (ImageNet/original weights are loaded by the callers)."""
     c = config
-    backbone = SwinBackbone(
-        embed_dim=c.embed_dim, depths=c.depths, num_heads=c.num_heads, window_size=c.window_size,
-        mlp_ratio=c.mlp_ratio, patch_size=c.patch_size, in_chans=c.in_chans, drop_path_rate=c.drop_path_rate,
-        semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
-        sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
-        attn_impl=c.attn_impl)
-    if c.decoder != "fpn":  # mask classification (MaskFormer / Mask2Former / FaPN); late import: it subclasses us
-        from .decoders.maskformer import MaskFormerHead, MaskFormerSegmentor
+    backbone = _build_backbone(c)
+    if c.decoder not in ("fpn", "segformer"):  # mask classification (MaskFormer / Mask2Former / FaPN)
+        from .decoders.maskformer import MaskFormerHead, MaskFormerSegmentor  # late import: it subclasses Segmentor
 
         return MaskFormerSegmentor(backbone, MaskFormerHead(backbone.dims, c), c)
-    head = SemanticFPNHead(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes,
-                           dropout=c.decoder_dropout)
+    head_cls = SegFormerHead if c.decoder == "segformer" else SemanticFPNHead
+    head = head_cls(backbone.dims, channels=c.decoder_channels, num_classes=c.num_classes, dropout=c.decoder_dropout)
     return Segmentor(backbone, head, c)
+
+
+def _build_backbone(c: ModelConfig) -> SwinBackbone | MiTBackbone:
+    """(SeMask) Swin or (SeMask) MiT, as `c.backbone` names."""
+    semantic = dict(semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
+                    sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
+                    attn_impl=c.attn_impl, mlp_ratio=c.mlp_ratio, in_chans=c.in_chans,
+                    drop_path_rate=c.drop_path_rate)
+    if c.backbone == "mit":
+        return MiTBackbone(embed_dims=c.stage_dims, depths=c.depths, num_heads=c.num_heads,
+                           sr_ratios=c.mit_sr_ratios, patch_sizes=c.mit_patch_sizes, strides=c.mit_strides,
+                           **semantic)
+    return SwinBackbone(embed_dim=c.embed_dim, depths=c.depths, num_heads=c.num_heads, window_size=c.window_size,
+                        patch_size=c.patch_size, **semantic)

@@ -20,7 +20,10 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     names = capsys.readouterr().out.split()
     assert "semask_swin_large_fpn" in names and "swin_tiny_fpn" not in names
     assert main(["list", "--pretrained"]) == 0
-    assert len(capsys.readouterr().out.split()) == 17  # the 17 released SeMask checkpoints
+    pretrained = capsys.readouterr().out.split()
+    assert "mit_b4_segformer.ade20k" in pretrained  # SegFormer's own release
+    assert not [n for n in pretrained if n.startswith("semask_mit_")]  # no trained SeMask MiT weights exist
+    assert len([n for n in pretrained if n.startswith("semask_swin_")]) == 17  # all released SeMask
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]

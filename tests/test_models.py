@@ -58,7 +58,7 @@ def test_backbone_contract(name: str) -> None:
     model = semask.create_model(name).eval()
     feats, priors = model.backbone(torch.randn(1, 3, 61, 83))
     n = len(model.config.depths)
-    assert [f.shape[1] for f in feats] == [model.config.embed_dim * 2 ** i for i in range(n)]
+    assert [f.shape[1] for f in feats] == list(model.config.stage_dims)  # Swin: embed_dim * 2**i; MiT: embed_dims
     assert feats[0].shape[-2:] == (16, 21)  # ceil(61 / 4), ceil(83 / 4)
     assert len(priors) == (n if model.config.semantic else 0)
     for f, p in zip(feats, priors, strict=False):

@@ -127,7 +127,7 @@ def _registered_arch(config: ModelConfig) -> str:
     for name, fields in ARCHS.items():  # registered release sizes first, test_* last (table order)
         # The window is not compared: tags may pin another one (the Swin-B window-7 baselines).
         if all(getattr(config, k) == fields[k] for k in ("embed_dim", "depths", "num_heads")) \
-                and ("semantic_attention" in fields) == config.semantic:
+                and ("semantic_attention" in fields) == config.semantic and fields.get("backbone", "swin") == "swin":
             return name
     return "custom"
 
