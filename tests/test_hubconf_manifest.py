@@ -62,8 +62,13 @@ def test_manifest_consistent_with_registry():
             assert hub is None, name
             continue
         assert re.match(r"https?://", entry["source"]["url"]), name
-        assert entry["license"] in ("Apache-2.0", "CC BY-NC 4.0"), name  # FPN family / detectron2-derived weights
+        # FPN family / detectron2-derived weights / NVIDIA's SegFormer weights
+        assert entry["license"] in ("Apache-2.0", "CC BY-NC 4.0") or \
+            entry["license"].startswith("NVIDIA Source Code License for SegFormer"), name
         assert tag.startswith(entry["dataset"]), name
+        if entry["source"]["format"] == "hf-transformers":  # third-party weights, converted on the fly
+            assert hub is None and re.fullmatch(r"[\w.-]+/[\w.-]+", entry["source"]["repo_id"]), name
+            continue
         for ref in ("class_names", "palette"):  # a label set name (semask.data), when given
             assert entry.get(ref, entry["dataset"]) in ("ade20k", "cityscapes", "coco_stuff10k"), name
         assert set(hub) == {"repo_id", "revision", "filename", "sha256"} and hub["filename"].endswith(".safetensors")
