@@ -38,7 +38,7 @@ class ModelConfig:
     semantic_attention: tuple[str, ...] | None = None
     sem_window_size: int | None = None
     sem_num_classes: int | None = None
-    num_sem_blocks: int = 1
+    num_sem_blocks: int | tuple[int, ...] = 1  # SemanticAttention blocks per stage (the original allows a list)
     mlp_ratio: float = 4.0
     patch_size: int = 4
     in_chans: int = 3
@@ -70,6 +70,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        if isinstance(self.num_sem_blocks, list):
+            object.__setattr__(self, "num_sem_blocks", tuple(self.num_sem_blocks))
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.num_classes < 1:
@@ -94,6 +96,11 @@ class ModelConfig:
         if self.embed_dims is not None:
             return self.embed_dims
         return tuple(self.embed_dim * 2 ** i for i in range(len(self.depths)))
+
+    @property
+    def sem_blocks_per_stage(self) -> tuple[int, ...]:
+        n = self.num_sem_blocks
+        return tuple(n) if isinstance(n, tuple) else (n,) * len(self.depths)
 
     @property
     def prior_classes(self) -> int:

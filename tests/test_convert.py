@@ -209,3 +209,16 @@ def test_unsafe_pickle_needs_opt_in(tmp_path: Path, original_sd: dict) -> None:
 def test_non_tensor_entries_rejected() -> None:
     with pytest.raises(ValueError, match="not a tensor"):
         semask.load_original({"state_dict": {"backbone.x": [1, 2]}})
+
+
+def test_per_stage_semantic_block_counts_round_trip() -> None:
+    """The original takes `num_sem_blocks` per stage (chained blocks, last one's Q is the prior map)."""
+    model = semask.create_model("test_semask_swin_fpn", num_sem_blocks=(1, 2, 1, 3)).eval()
+    randomize_gammas(model)
+    loaded = semask.load_original({"state_dict": _to_original(model)})
+    assert loaded.config.num_sem_blocks == (1, 2, 1, 3)
+    assert len(loaded.backbone.layers[3].semantic_layer.class_injection) == 3
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        for key, value in model(x).items():
+            torch.testing.assert_close(loaded(x)[key], value)

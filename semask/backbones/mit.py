@@ -158,8 +158,8 @@ class MiTBackbone(nn.Module):
                  sr_ratios: Sequence[int], patch_sizes: Sequence[int] = (7, 3, 3, 3),
                  strides: Sequence[int] = (4, 2, 2, 2), mlp_ratio: float = 4.0, in_chans: int = 3,
                  drop_path_rate: float = 0.1, semantic_attention: Sequence[str] | None = None,
-                 sem_window_size: int | None = None, sem_num_classes: int | None = None, num_sem_blocks: int = 1,
-                 attn_impl: str = "sdpa") -> None:
+                 sem_window_size: int | None = None, sem_num_classes: int | None = None,
+                 num_sem_blocks: int | Sequence[int] = 1, attn_impl: str = "sdpa") -> None:
         super().__init__()
         n = len(depths)
         per_stage = dict(embed_dims=embed_dims, num_heads=num_heads, sr_ratios=sr_ratios, patch_sizes=patch_sizes,
@@ -180,11 +180,15 @@ class MiTBackbone(nn.Module):
         self.semantic = semantic_attention is not None
         total = sum(depths)  # linear 0 -> drop_path_rate over all blocks, in Python (meta-device builds)
         dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        n = len(depths)
+        sem_blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
+        if len(sem_blocks) != n:
+            raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
         self.layers = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(self.dims, depths, strict=True)):
             semantic = None
             if semantic_attention is not None:
-                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=num_sem_blocks, attn_impl=attn_impl,
+                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=sem_blocks[i], attn_impl=attn_impl,
                                          window_size=sem_window_size if semantic_attention[i] == "window" else None)
             self.layers.append(MiTStage(
                 in_chans if i == 0 else self.dims[i - 1], dim, depth, num_heads[i], patch_size=patch_sizes[i],

@@ -213,7 +213,8 @@ class SwinBackbone(nn.Module):
     def __init__(self, *, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
                  mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3, drop_path_rate: float = 0.3,
                  semantic_attention: Sequence[str] | None = None, sem_window_size: int | None = None,
-                 sem_num_classes: int | None = None, num_sem_blocks: int = 1, attn_impl: str = "sdpa") -> None:
+                 sem_num_classes: int | None = None, num_sem_blocks: int | Sequence[int] = 1,
+                 attn_impl: str = "sdpa") -> None:
         super().__init__()
         n = len(depths)
         if len(num_heads) != n:
@@ -229,6 +230,9 @@ class SwinBackbone(nn.Module):
         self.in_chans = in_chans
         self.dims = [embed_dim * 2 ** i for i in range(n)]
         self.semantic = semantic_attention is not None
+        sem_blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
+        if len(sem_blocks) != n:
+            raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         total = sum(depths)  # linear 0 -> drop_path_rate over all blocks, computed in Python (meta-device builds)
         dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
@@ -236,7 +240,7 @@ class SwinBackbone(nn.Module):
         for i, (dim, depth) in enumerate(zip(self.dims, depths, strict=True)):
             semantic = None
             if semantic_attention is not None:
-                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=num_sem_blocks, attn_impl=attn_impl,
+                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=sem_blocks[i], attn_impl=attn_impl,
                                          window_size=sem_window_size if semantic_attention[i] == "window" else None)
             self.layers.append(SwinStage(
                 dim, depth, num_heads[i], window_size, mlp_ratio=mlp_ratio, semantic=semantic,

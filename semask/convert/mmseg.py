@@ -106,7 +106,8 @@ def infer_mmseg_config(sd: StateDict, **overrides: Any) -> ModelConfig:
     window = windows.pop() if windows else 7
     fc1 = next((v for k, v in sd.items() if k.endswith("blocks.0.mlp.fc1.weight")), None)
     q = sd.get("backbone.layers.0.semantic_layer.class_injection.0.mlp_cls_q.weight")
-    n_sem = len({k.split("class_injection.")[1].split(".")[0] for k in sd if "layers.0.semantic_layer.class_inj" in k})
+    n_sem = tuple(len({k.split("class_injection.")[1].split(".")[0] for k in sd
+                       if k.startswith(f"backbone.layers.{i}.semantic_layer.class_injection.")}) for i in stages)
     conv_seg = sd["decode_head.conv_seg.weight"]  # [K, channels, 1, 1]
     fields: dict[str, Any] = dict(
         arch="original", embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads), window_size=window,
@@ -114,7 +115,8 @@ def infer_mmseg_config(sd: StateDict, **overrides: Any) -> ModelConfig:
         decoder_channels=conv_seg.shape[1], mlp_ratio=fc1.shape[0] / fc1.shape[1] if fc1 is not None else 4.0)
     if q is not None:
         fields.update(semantic_attention=original_semantic_attention(embed_dim, q.shape[0], len(stages)),
-                      sem_window_size=window, num_sem_blocks=n_sem,
+                      sem_window_size=window,
+                      num_sem_blocks=n_sem[0] if len(set(n_sem)) == 1 else n_sem,
                       sem_num_classes=q.shape[0] if q.shape[0] != conv_seg.shape[0] else None)
     config = ModelConfig(**fields).replace(**overrides)
     return config.replace(arch=overrides.get("arch") or _registered_arch(config))
