@@ -43,7 +43,7 @@ def save_pretrained(model: Segmentor, out_dir: str | Path) -> Path:
 
 def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
     """A semask folder/safetensors file -> (state dict, saved config or None)."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     weights = path / WEIGHTS_NAME if path.is_dir() else path
@@ -51,7 +51,7 @@ def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path}; write one with `semask convert ORIGINAL.pth {path}`")
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError) as err:
+    except (SafetensorError, OSError) as err:
         raise ValueError(f"cannot read {weights}: truncated or not a safetensors file ({err})") from err
     cfg_path = weights.parent / CONFIG_NAME
     config = ModelConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
