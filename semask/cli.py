@@ -1,4 +1,4 @@
-"""`semask` command line: list | info | convert | segment | publish."""
+"""`semask` command line: list | info | convert | segment | publish | train | eval | demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -110,6 +111,63 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import Trainer, load_config
+    from .train.metrics import format_table
+
+    _setup_logging()
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config)
+    metrics = trainer.fit()
+    if _is_main_process():
+        if metrics:
+            print(format_table(metrics))
+        print(f"log: {trainer.out_dir / 'log.jsonl'}; curves: {trainer.out_dir / 'curves.png'}; "
+              f"checkpoints: {trainer.ckpt_dir}; weights: {trainer.out_dir / 'final'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import load_config
+    from .train.metrics import format_table
+    from .train.trainer import evaluate_checkpoint
+
+    _setup_logging()
+    config = load_config(args.config, args.overrides)
+    metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split)
+    if _is_main_process():
+        print(f"{dataset.name}: {len(dataset)} images")
+        print(format_table(metrics))
+        if args.json:
+            Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .train.demo import run_demo
+
+    _setup_logging()  # the trainer logs the per-class table at each evaluation
+    result = run_demo(args.out, seed=args.seed, **({"iters": args.iters} if args.iters else {}))
+    m = result["metrics"]
+    print(f"held-out mIoU {100 * m['mIoU']:.1f} in {result['seconds']:.0f} s")
+    print(f"pictures: {result['pictures']}/overlays.png (image | truth | prediction | blend), "
+          f"{result['pictures']}/prior_*.png (semantic-prior maps per class)")
+    print(f"curves: {result['curves']}; metrics: {result['out_dir'] / 'metrics.json'}; weights: {result['weights']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semask", description="SeMask semantic segmentation models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="write the files and print the entry; upload nothing")
     p.add_argument("--allow-unsafe", action="store_true", help="unpickle arbitrary objects (trusted files only)")
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("train", help="train or fine-tune (launch with torchrun for several GPUs/processes)")
+    p.add_argument("--config", help="YAML or JSON config (presets: configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iters=1000 data.root=/data/ade")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="aAcc / mIoU / mAcc / per-class IoU of a checkpoint on a dataset split")
+    p.add_argument("--config", required=True, help="the training config (dataset, model, test scale)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or semask weights folder")
+    p.add_argument("--split", help="dataset split (default: data.val_split)")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="offline demo: synthetic data -> train a small SeMask on the CPU -> evaluate")
+    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--iters", type=int, help="training iterations (default: the demo's tuned count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

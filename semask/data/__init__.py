@@ -1,1 +1,21 @@
-"""Datasets, transforms and class tables (palettes, names)."""
+"""Class tables (`palettes`), datasets (ADE20K, Cityscapes, COCO-Stuff-10k, folders), paired transforms and
+deterministic sampling."""
+
+from .datasets import (
+                       CITYSCAPES_CLASSES,
+                       DATASETS,
+                       SegmentationDataset,
+                       ade20k,
+                       build_dataset,
+                       cityscapes,
+                       coco_stuff10k,
+                       folder,
+                       read_class_list,
+)
+from .loader import ResumableSampler, ShardSampler, TransformedDataset, collate
+from .synthetic import SYNTHETIC_CLASSES, write_synthetic_dataset
+from .transforms import eval_transforms, train_transforms
+
+__all__ = ["CITYSCAPES_CLASSES", "DATASETS", "SYNTHETIC_CLASSES", "ResumableSampler", "SegmentationDataset",
+           "ShardSampler", "TransformedDataset", "ade20k", "build_dataset", "cityscapes", "coco_stuff10k", "collate",
+           "eval_transforms", "folder", "read_class_list", "train_transforms", "write_synthetic_dataset"]

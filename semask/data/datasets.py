@@ -1,0 +1,219 @@
+"""Segmentation datasets: ADE20K, Cityscapes, COCO-Stuff-10k (mmseg layouts) and a folder dataset for custom data.
+
+A dataset is a list of (image, mask) file pairs plus a label mapping; `load(i)` returns
+{"image": uint8 [H, W, 3] RGB, "label": uint8 [H, W] (class ids, 255 = ignore), "path": str}. Bad data raises a
+ValueError naming the file: unreadable images, masks that are not single-channel, image/mask size mismatches,
+label values outside [0, num_classes) other than 255; missing pairs and empty datasets are reported when the
+dataset is built, never skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                      "bicycle")
+# Cityscapes labelIds -> the 19 train ids (cityscapesScripts `labels.py`); every other id is ignored.
+_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                         26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def reduce_zero_label_lut() -> np.ndarray:
+    """ADE20K / COCO-Stuff: 0 (unlabelled) -> 255, k -> k - 1."""
+    lut = np.arange(256, dtype=np.int64) - 1
+    lut[0] = IGNORE_INDEX
+    lut[255] = IGNORE_INDEX
+    return lut.astype(np.uint8)
+
+
+def cityscapes_lut() -> np.ndarray:
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    for label_id, train_id in _CITYSCAPES_TRAIN_IDS.items():
+        lut[label_id] = train_id
+    return lut
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB uint8 [H, W, 3] array; a ValueError naming the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A single-channel label map (mode L / P / I) as uint8 [H, W]; errors name the file."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise ValueError(f"mask {path} has mode {im.mode}; masks must be single-channel images of class ids "
+                                 "(PNG mode L or P), not colour pictures")
+            mask = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from err
+    if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
+        bad = np.unique(mask[(mask > 255) | (mask < 0)])[:10].tolist()
+        raise ValueError(f"mask {path} has label values {bad} outside 0..255")
+    return mask.astype(np.uint8)
+
+
+def _listdir(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
+
+
+class SegmentationDataset:
+    """(image, mask) pairs with a label mapping (`lut`: 256-entry table applied to raw mask values)."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path | None]], classes: Sequence[str], *,
+                 lut: np.ndarray | None = None, name: str = "dataset") -> None:
+        if not pairs:
+            raise ValueError(f"{name} is empty: no images found")
+        self.pairs = [(Path(i), Path(m) if m is not None else None) for i, m in pairs]
+        self.classes = tuple(classes)
+        if not self.classes:
+            raise ValueError(f"{name}: the class list is empty")
+        if len(set(self.classes)) != len(self.classes):
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"{name}: the class list has duplicate names {dup}")
+        self.lut = lut
+        self.name = name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> dict:
+        image_path, mask_path = self.pairs[index]
+        sample = {"image": read_image(image_path), "path": str(image_path)}
+        if mask_path is None:
+            return sample
+        raw = read_mask(mask_path)
+        if raw.shape != sample["image"].shape[:2]:
+            raise ValueError(f"size mismatch: image {image_path} is {sample['image'].shape[1]}x"
+                             f"{sample['image'].shape[0]} (WxH) but mask {mask_path} is {raw.shape[1]}x{raw.shape[0]}")
+        label = self.lut[raw] if self.lut is not None else raw
+        bad = (label != IGNORE_INDEX) & (label >= self.num_classes)
+        if bad.any():
+            raw_values = np.unique(raw[bad])[:10].tolist()
+            raise ValueError(f"mask {mask_path} has label values {raw_values} outside the {self.num_classes} classes "
+                             f"of {self.name} (valid after mapping: 0..{self.num_classes - 1} and {IGNORE_INDEX} = "
+                             f"ignore); fix the mask or the class list")
+        sample["label"] = label
+        return sample
+
+    def verify(self) -> None:
+        """Read every pair once (raises on the first bad file)."""
+        for i in range(len(self)):
+            self.load(i)
+
+
+def match_pairs(images: Sequence[Path], masks: Sequence[Path], *, image_key, mask_key, name: str
+                ) -> list[tuple[Path, Path]]:
+    """Pair files by key; images without masks and masks without images raise one error listing them."""
+    by_key = {mask_key(m): m for m in masks}
+    pairs, missing = [], []
+    for img in images:
+        key = image_key(img)
+        if key in by_key:
+            pairs.append((img, by_key.pop(key)))
+        else:
+            missing.append(str(img))
+    if missing or by_key:
+        lines = [f"  image without mask: {p}" for p in missing[:10]]
+        lines += [f"  mask without image: {p}" for p in sorted(map(str, by_key.values()))[:10]]
+        total = len(missing) + len(by_key)
+        raise ValueError(f"{name}: {total} unpaired file(s) ({len(pairs)} pairs found):\n" + "\n".join(lines))
+    return pairs
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder {path} does not exist")
+    return path
+
+
+def ade20k(root: str | Path, split: str = "training") -> SegmentationDataset:
+    """`ADEChallengeData2016/{images,annotations}/{training,validation}`; 150 classes, zero label reduced."""
+    root = Path(root)
+    imgs = _listdir(_require_dir(root / "images" / split, "ADE20K images"), (".jpg",))
+    masks = _listdir(_require_dir(root / "annotations" / split, "ADE20K annotations"), (".png",))
+    pairs = match_pairs(imgs, masks, image_key=lambda p: p.stem, mask_key=lambda p: p.stem, name=f"ADE20K {split}")
+    return SegmentationDataset(pairs, [f"class_{i}" for i in range(150)], lut=reduce_zero_label_lut(),
+                               name=f"ADE20K {split}")
+
+
+def cityscapes(root: str | Path, split: str = "train") -> SegmentationDataset:
+    """`leftImg8bit/{split}/{city}/*_leftImg8bit.png` + `gtFine/.../*_gtFine_labelIds.png` -> 19 train ids."""
+    root = Path(root)
+    imgs = _listdir(_require_dir(root / "leftImg8bit" / split, "Cityscapes images"), ("_leftimg8bit.png",))
+    masks = _listdir(_require_dir(root / "gtFine" / split, "Cityscapes annotations"), ("_gtfine_labelids.png",))
+    pairs = match_pairs(imgs, masks, image_key=lambda p: p.name[: -len("_leftImg8bit.png")],
+                        mask_key=lambda p: p.name[: -len("_gtFine_labelIds.png")], name=f"Cityscapes {split}")
+    return SegmentationDataset(pairs, CITYSCAPES_CLASSES, lut=cityscapes_lut(), name=f"Cityscapes {split}")
+
+
+def coco_stuff10k(root: str | Path, split: str = "train2014") -> SegmentationDataset:
+    """mmseg's converted layout: `images/{train2014,test2014}/*.jpg` + `annotations/.../*_labelTrainIds.png`;
+    171 classes, zero label reduced (as the released configs)."""
+    root = Path(root)
+    imgs = _listdir(_require_dir(root / "images" / split, "COCO-Stuff images"), (".jpg",))
+    masks = _listdir(_require_dir(root / "annotations" / split, "COCO-Stuff annotations"), ("_labeltrainids.png",))
+    pairs = match_pairs(imgs, masks, image_key=lambda p: p.stem,
+                        mask_key=lambda p: p.name[: -len("_labelTrainIds.png")], name=f"COCO-Stuff-10k {split}")
+    return SegmentationDataset(pairs, [f"class_{i}" for i in range(171)], lut=reduce_zero_label_lut(),
+                               name=f"COCO-Stuff-10k {split}")
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """One class name per line (blank lines and `#` comments skipped); line k is class id k."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {path} does not exist; write one class name per line (line k = id k)")
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"class list {path} is empty")
+    return names
+
+
+def folder(root: str | Path, split: str | None = None, *, classes: Sequence[str] | str | Path | None = None,
+           reduce_zero_label: bool = False) -> SegmentationDataset:
+    """Custom data: `root/images/[split/]NAME.jpg|png` + `root/masks/[split/]NAME.png` (class ids, 255 ignore);
+    classes from a list, a file, or `root/classes.txt`."""
+    root = Path(root)
+    if classes is None or isinstance(classes, (str, Path)):
+        class_file = Path(classes) if classes is not None else root / "classes.txt"
+        classes = read_class_list(class_file)
+        name = f"folder dataset {root} (classes from {class_file})"
+    else:
+        name = f"folder dataset {root}"
+    sub = Path(split) if split else Path()
+    imgs = _listdir(_require_dir(root / "images" / sub, "images"), IMAGE_SUFFIXES)
+    masks = _listdir(_require_dir(root / "masks" / sub, "masks"), (".png",))
+    base_i, base_m = root / "images" / sub, root / "masks" / sub
+    pairs = match_pairs(imgs, masks, image_key=lambda p: p.relative_to(base_i).with_suffix("").as_posix(),
+                        mask_key=lambda p: p.relative_to(base_m).with_suffix("").as_posix(), name=name)
+    return SegmentationDataset(pairs, classes, lut=reduce_zero_label_lut() if reduce_zero_label else None, name=name)
+
+
+DATASETS = {"ade20k": ade20k, "cityscapes": cityscapes, "coco_stuff10k": coco_stuff10k, "folder": folder}
+
+
+def build_dataset(kind: str, root: str | Path, split: str | None, **kwargs) -> SegmentationDataset:
+    """`kind` one of DATASETS; `split` None uses the dataset's default training split."""
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset type {kind!r}; choose from {sorted(DATASETS)}")
+    if split is None:
+        return DATASETS[kind](root, **kwargs)
+    return DATASETS[kind](root, split, **kwargs)

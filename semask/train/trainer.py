@@ -1,0 +1,397 @@
+"""The bundled trainer: iteration-based SeMask-FPN training with AMP, gradient accumulation, clipping, DDP through
+`torchrun`, atomic checkpoints with exact resume, periodic mIoU evaluation, tqdm / JSON-lines / PNG feedback.
+
+    trainer = Trainer(config)            # or Trainer(config, model=my_model, train_set=..., val_set=...)
+    trainer.fit()                        # resumes from config.out_dir/checkpoints when config.resume == "auto"
+
+Launch on N GPUs (or N CPU processes with gloo) with `torchrun --nproc_per_node N -m semask.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..data import (
+    ResumableSampler,
+    SegmentationDataset,
+    ShardSampler,
+    TransformedDataset,
+    build_dataset,
+    collate,
+    eval_transforms,
+    train_transforms,
+)
+from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
+from .config import TrainConfig
+from .evaluate import InferFn, evaluate, whole_inference
+from .losses import SeMaskLoss
+from .metrics import format_table
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_curves
+
+_log = logging.getLogger(__name__)
+AMP_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None,
+                 train_set: SegmentationDataset | None = None, val_set: SegmentationDataset | None = None,
+                 callbacks: Sequence[Callable[[Trainer, dict], None]] = (), progress: bool = True,
+                 infer: InferFn = whole_inference) -> None:
+        self.cfg = c = config
+        if c.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {c.amp!r}")
+        self.rank, self.world, local_rank = init_distributed()
+        if c.device == "auto":
+            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(c.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if c.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' on the CPU")
+        self.amp_dtype = AMP_DTYPES[c.amp]
+        self.out_dir = Path(c.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.callbacks = list(callbacks)
+        self.progress = progress and self.rank == 0
+        self.infer = infer
+        torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
+
+        d = c.data
+        self.train_set = train_set if train_set is not None else build_dataset(d.type, d.root, d.train_split,
+                                                                               **self._dataset_kwargs())
+        if val_set is None and d.val_split is not None:
+            val_set = build_dataset(d.type, d.root, d.val_split, **self._dataset_kwargs())
+        self.val_set = val_set
+        self.model = model if model is not None else self._build_model()
+        num_classes = getattr(getattr(self.model, "config", None), "num_classes", self.train_set.num_classes)
+        if num_classes != self.train_set.num_classes:
+            raise ValueError(f"the model predicts {num_classes} classes but {self.train_set.name} has "
+                             f"{self.train_set.num_classes} ({list(self.train_set.classes)[:8]}...); build the model "
+                             f"with num_classes={self.train_set.num_classes} or fix the class list")
+        self.num_classes = num_classes
+        if c.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if self.world > 1 and self.device.type == "cuda" and c.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        self.module = self.model  # the unwrapped model (checkpoints, evaluation)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self.optimizer = build_optimizer(self.module, lr=c.lr, weight_decay=c.weight_decay, betas=tuple(c.betas))
+        self.scheduler = build_scheduler(self.optimizer, c.iters, power=c.poly_power, warmup_iters=c.warmup_iters,
+                                         warmup_ratio=c.warmup_ratio)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16")
+        self.criterion = SeMaskLoss(prior_weight=c.prior_loss_weight, reduction=c.loss_reduction,
+                                    ohem_min_kept=c.ohem_min_kept)
+        self.train_view = TransformedDataset(self.train_set, train_transforms(
+            crop_size=d.crop_size, scale=d.scale, ratios=d.ratios, ratio_range=d.ratio_range,
+            cat_max_ratio=d.cat_max_ratio, flip=d.flip, photometric=d.photometric, mean=d.mean, std=d.std))
+        self.sampler = ResumableSampler(self.train_view, num_replicas=self.world, rank=self.rank, seed=c.seed)
+        self.batches_per_epoch = len(self.sampler) // c.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{self.train_set.name} has {len(self.train_set)} images, fewer than batch_size "
+                             f"{c.batch_size} × {self.world} process(es)")
+        self.iteration = 0
+        self.best_miou = float("-inf")
+        self.records: list[dict] = []
+        self._stop = False
+        self._resume()
+
+    # ---- construction helpers ----
+    def _dataset_kwargs(self) -> dict:
+        d = self.cfg.data
+        return {"classes": d.classes, "reduce_zero_label": d.reduce_zero_label} if d.type == "folder" else {}
+
+    def _build_model(self) -> nn.Module:
+        from ..registry import create_model
+
+        c = self.cfg
+        kwargs = dict(c.model_overrides)
+        if c.pretrained_backbone:
+            kwargs["pretrained_backbone"] = True
+        return create_model(c.model, pretrained=c.pretrained or False, num_classes=self.train_set.num_classes,
+                            **kwargs)
+
+    # ---- checkpoints ----
+    def state_dict(self) -> dict:
+        rng = [rng_state()]
+        if self.world > 1:
+            rng = [None] * self.world
+            dist.all_gather_object(rng, rng_state())
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "best_miou": self.best_miou, "rng": rng, "world_size": self.world,
+                "config": json.loads(json.dumps(self.cfg.to_dict(), default=list)), "records": self.records}
+
+    def save_checkpoint(self, *, best: bool = False) -> Path | None:
+        state = self.state_dict()  # collective: every process takes part
+        if self.rank != 0:
+            return None
+        path = atomic_save(state, self.ckpt_dir / ("best.pt" if best else f"iter_{self.iteration:07d}.pt"))
+        if not best:
+            prune(self.ckpt_dir, self.cfg.keep_last)
+        return path
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.module.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration = int(ckpt["iteration"])
+        self.best_miou = float(ckpt["best_miou"])
+        self.records = [r for r in ckpt.get("records", []) if r["iter"] <= self.iteration]
+        rngs = ckpt["rng"]
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        else:
+            _log.warning("checkpoint from %d process(es), resuming on %d: RNG streams (dropout, drop path) differ",
+                         len(rngs), self.world)
+
+    def _resume(self) -> None:
+        resume = self.cfg.resume
+        if resume in (None, "", "no", "none", False):
+            return
+        if resume == "auto":
+            found = list_checkpoints(self.ckpt_dir)
+            if not found:
+                return
+            resume = found[-1][1]
+        self.load_state_dict(load_checkpoint(resume))
+        if self.rank == 0:
+            self._rewrite_log()
+            _log.info("resumed from %s at iteration %d", resume, self.iteration)
+
+    # ---- logging ----
+    def _rewrite_log(self) -> None:
+        """After a resume the log holds exactly the records up to the resumed iteration (none from the lost tail)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r) + "\n" for r in self.records)
+        tmp = self.out_dir / ".log.jsonl.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.out_dir / "log.jsonl")
+
+    def _record(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    # ---- training ----
+    def request_stop(self) -> None:
+        """Stop after the current iteration and save a checkpoint (what Ctrl-C does)."""
+        self._stop = True
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = start_batch * self.cfg.batch_size
+        # A private generator: creating a loader must not consume the global torch RNG (exact resume).
+        return DataLoader(self.train_view, batch_size=self.cfg.batch_size, sampler=self.sampler, drop_last=True,
+                          num_workers=self.cfg.data.num_workers, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+                          pin_memory=self.device.type == "cuda")
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.norm_eval:
+            for m in self.module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def _forward_backward(self, batch: dict, sync: bool) -> dict[str, float]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        ctx = self.model.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.model(images)
+            losses = self.criterion({k: v.float() for k, v in out.items()}, labels)
+            self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def _should_stop(self) -> bool:
+        if self.world == 1:
+            return self._stop
+        flag = torch.tensor([float(self._stop)], device=self.device)
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def fit(self) -> dict:
+        """Train to `config.iters` (or until stopped); returns the last evaluation's metrics ({} without val)."""
+        c = self.cfg
+        restore = self._install_sigint()
+        bar = _progress(c.iters, self.iteration, enabled=self.progress)
+        metrics: dict = {}
+        accum, micro, sums = c.accum_steps, 0, {}
+        batch_index = self.iteration * accum  # micro-batches consumed so far
+        t0 = time.perf_counter()
+        self._set_train_mode()
+        try:
+            while self.iteration < c.iters and not self._stop:
+                epoch, start = divmod(batch_index, self.batches_per_epoch)
+                for batch in self._loader(epoch, start):
+                    micro += 1
+                    batch_index += 1
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    for k, v in self._forward_backward(batch, sync=micro == accum).items():
+                        sums[k] = sums.get(k, 0.0) + v / accum
+                    if micro < accum:
+                        continue
+                    self._optimizer_step()
+                    self.iteration += 1
+                    values, sums, micro = self._mean_over_processes(sums), {}, 0
+                    rec = {"iter": self.iteration, "lr": lr, **values}
+                    if self.iteration % c.log_interval == 0 or self.iteration == c.iters:
+                        rec["time"] = round(time.perf_counter() - t0, 3)
+                        self._record(rec)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+                    for cb in self.callbacks:
+                        cb(self, rec)
+                    stop = self._should_stop()
+                    due = self.iteration % c.eval_interval == 0 or self.iteration == c.iters
+                    if self.val_set is not None and due:
+                        metrics = self.evaluate()
+                        self._after_eval(metrics)
+                    if self.iteration % c.ckpt_interval == 0 or self.iteration == c.iters or stop:
+                        self.save_checkpoint()
+                    if stop:
+                        self._stop = True
+                        if self.rank == 0:
+                            _log.warning("stopped at iteration %d; checkpoint saved, resume with the same command",
+                                         self.iteration)
+                        break
+                    if self.iteration >= c.iters:
+                        break
+        finally:
+            bar.close()
+            restore()
+        if self.rank == 0:
+            if not self._stop:
+                from ..hub import save_pretrained
+
+                save_pretrained(self.module, self.out_dir / "final")
+            plot_curves(self.records, self.out_dir / "curves.png")
+        return metrics
+
+    def evaluate(self, dataset: SegmentationDataset | None = None) -> dict:
+        """Metrics over `dataset` (default: the validation set), sharded over processes without padding."""
+        dataset = dataset if dataset is not None else self.val_set
+        if dataset is None:
+            raise ValueError("no validation data: set data.val_split or pass val_set")
+        d = self.cfg.data
+        view = TransformedDataset(dataset, eval_transforms(scale=d.test_scale, mean=d.mean, std=d.std))
+        loader = DataLoader(view, batch_size=self.cfg.eval_batch_size, collate_fn=collate,
+                            sampler=ShardSampler(len(view), num_replicas=self.world, rank=self.rank),
+                            num_workers=min(self.cfg.data.num_workers, 2))
+        return evaluate(self.module, loader, num_classes=self.num_classes, class_names=dataset.classes,
+                        device=self.device, infer=self.infer, amp_dtype=self.amp_dtype)
+
+    def _after_eval(self, metrics: dict) -> None:
+        self._record({"iter": self.iteration, "mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"],
+                      "mAcc": metrics["mAcc"]})
+        if self.rank == 0:
+            _log.info("iteration %d:\n%s", self.iteration, format_table(metrics))
+            plot_curves(self.records, self.out_dir / "curves.png")
+        if metrics["mIoU"] > self.best_miou:
+            self.best_miou = metrics["mIoU"]
+            self.save_checkpoint(best=True)
+        self._set_train_mode()
+
+    def _install_sigint(self) -> Callable[[], None]:
+        """First Ctrl-C: finish the iteration, save, stop. Second: abort at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            if self.rank == 0:
+                print("\nCtrl-C: saving a checkpoint after this iteration (Ctrl-C again to abort)", flush=True)
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _progress(total: int, initial: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+
+
+def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: str | None = None,
+                        infer: InferFn = whole_inference) -> tuple[dict, SegmentationDataset]:
+    """Metrics of a training checkpoint (`.pt`) or semask weights (folder / `.safetensors`) on `split` (default:
+    `config.data.val_split`), sharded over processes when launched with torchrun."""
+    from ..registry import create_model
+
+    c, d = config, config.data
+    split = split if split is not None else d.val_split
+    if split is None:
+        raise ValueError("no evaluation split: set data.val_split=... or pass --split")
+    rank, world, local_rank = init_distributed()
+    device = torch.device(c.device if c.device != "auto" else
+                          (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    kwargs = {"classes": d.classes, "reduce_zero_label": d.reduce_zero_label} if d.type == "folder" else {}
+    dataset = build_dataset(d.type, d.root, split, **kwargs)
+    path = Path(checkpoint)
+    if path.suffix == ".pt":
+        model = create_model(c.model, num_classes=dataset.num_classes, **c.model_overrides)
+        model.load_state_dict(load_checkpoint(path)["model"])
+    else:
+        model = create_model(c.model, pretrained=path, **c.model_overrides)
+    if model.config.num_classes != dataset.num_classes:
+        raise ValueError(f"{checkpoint} predicts {model.config.num_classes} classes but {dataset.name} has "
+                         f"{dataset.num_classes}")
+    model.to(device)
+    view = TransformedDataset(dataset, eval_transforms(scale=d.test_scale, mean=d.mean, std=d.std))
+    loader = DataLoader(view, batch_size=c.eval_batch_size, collate_fn=collate, num_workers=min(d.num_workers, 2),
+                        sampler=ShardSampler(len(view), num_replicas=world, rank=rank))
+    metrics = evaluate(model, loader, num_classes=dataset.num_classes, class_names=dataset.classes, device=device,
+                       infer=infer, amp_dtype=AMP_DTYPES[c.amp])
+    return metrics, dataset

@@ -1,0 +1,184 @@
+"""Datasets (layouts, label mappings, bad-data errors) and the paired transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semask.data import ResumableSampler, ade20k, cityscapes, coco_stuff10k, folder
+from semask.data.transforms import (
+    PAPER_RATIOS,
+    Pad,
+    PhotoMetricDistortion,
+    RandomCrop,
+    RandomFlip,
+    Resize,
+    _hsv_to_rgb,
+    _rgb_to_hsv,
+    rescale_size,
+    train_transforms,
+)
+from tests._trainkit import one_thread  # noqa: F401
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _folder(root: Path, labels: dict[str, np.ndarray], classes=("a", "b", "c")) -> Path:
+    for name, lab in labels.items():
+        _save(root / "images" / f"{name}.png", np.full((*lab.shape, 3), 100, np.uint8))
+        _save(root / "masks" / f"{name}.png", lab.astype(np.uint8))
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def test_folder_dataset_loads_pairs(tmp_path):
+    ds = _folder(tmp_path, {"x": np.array([[0, 1], [2, 255]]), "y": np.zeros((2, 2))})
+    ds = folder(ds)
+    assert len(ds) == 2 and ds.classes == ("a", "b", "c")
+    s = ds.load(0)
+    assert s["image"].shape == (2, 2, 3) and s["label"].tolist() == [[0, 1], [2, 255]]
+
+
+def test_label_out_of_range_names_file_and_values(tmp_path):
+    ds = folder(_folder(tmp_path, {"bad": np.array([[0, 3], [7, 255]])}))
+    with pytest.raises(ValueError, match=r"bad\.png.*\[3, 7\]"):
+        ds.load(0)
+
+
+def test_wrong_class_list_is_reported(tmp_path):
+    root = _folder(tmp_path, {"x": np.array([[0, 2]])}, classes=("a", "b"))  # label 2 but only 2 classes
+    with pytest.raises(ValueError, match=r"x\.png.*\[2\].*2 classes.*classes\.txt"):
+        folder(root).load(0)
+    (root / "classes.txt").write_text("a\na\n")
+    with pytest.raises(ValueError, match="duplicate"):
+        folder(root)
+    (root / "classes.txt").write_text("# only comments\n")
+    with pytest.raises(ValueError, match="empty"):
+        folder(root)
+
+
+def test_corrupt_image_size_mismatch_rgb_mask(tmp_path):
+    root = _folder(tmp_path, {"a": np.zeros((4, 4)), "b": np.zeros((4, 4)), "c": np.zeros((4, 4))})
+    (root / "images" / "a.png").write_bytes(b"not a png")
+    _save(root / "masks" / "b.png", np.zeros((5, 4), np.uint8))
+    _save(root / "masks" / "c.png", np.zeros((4, 4, 3), np.uint8))
+    ds = folder(root)
+    with pytest.raises(ValueError, match=r"cannot read image .*a\.png"):
+        ds.load(0)
+    with pytest.raises(ValueError, match=r"size mismatch.*b\.png.*4x4.*b\.png.*4x5"):
+        ds.load(1)
+    with pytest.raises(ValueError, match=r"c\.png has mode RGB"):
+        ds.load(2)
+
+
+def test_empty_and_missing_pairs(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "classes.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="empty"):
+        folder(tmp_path)
+    _save(tmp_path / "images" / "lonely.jpg", np.zeros((2, 2, 3), np.uint8))
+    _save(tmp_path / "masks" / "orphan.png", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"image without mask: .*lonely\.jpg[\s\S]*mask without image: .*orphan"):
+        folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"images folder .*nowhere"):
+        folder(tmp_path / "nowhere", classes=["a"])
+
+
+def test_ade20k_reduces_zero_label(tmp_path):
+    _save(tmp_path / "images/training/ADE_1.jpg", np.zeros((2, 2, 3), np.uint8))
+    _save(tmp_path / "annotations/training/ADE_1.png", np.array([[0, 1], [150, 151]], np.uint8))
+    ds = ade20k(tmp_path)
+    assert ds.num_classes == 150
+    with pytest.raises(ValueError, match=r"ADE_1\.png.*\[151\]"):
+        ds.load(0)
+    _save(tmp_path / "annotations/training/ADE_1.png", np.array([[0, 1], [150, 2]], np.uint8))
+    assert ds.load(0)["label"].tolist() == [[255, 0], [149, 1]]
+
+
+def test_cityscapes_label_ids_to_train_ids(tmp_path):
+    _save(tmp_path / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png", np.zeros((2, 3, 3), np.uint8))
+    _save(tmp_path / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png",
+          np.array([[7, 26, 33], [0, 6, 255]], np.uint8))
+    _save(tmp_path / "gtFine/train/aachen/aachen_000000_000019_gtFine_color.png", np.zeros((2, 3, 3), np.uint8))
+    ds = cityscapes(tmp_path)
+    assert ds.num_classes == 19 and ds.load(0)["label"].tolist() == [[0, 13, 18], [255, 255, 255]]
+
+
+def test_coco_stuff10k_layout(tmp_path):
+    _save(tmp_path / "images/train2014/COCO_1.jpg", np.zeros((1, 2, 3), np.uint8))
+    _save(tmp_path / "annotations/train2014/COCO_1_labelTrainIds.png", np.array([[0, 171]], np.uint8))
+    ds = coco_stuff10k(tmp_path)
+    assert ds.num_classes == 171 and ds.load(0)["label"].tolist() == [[255, 170]]
+
+
+def test_resize_uses_paper_ratios_and_keeps_aspect():
+    assert rescale_size((512, 1024), (2048, 512)) == (1024, 512)
+    r = Resize((64, 32), ratios=PAPER_RATIOS)
+    sizes = set()
+    for seed in range(40):
+        out = r({"image": np.zeros((20, 40, 3), np.uint8), "label": np.zeros((20, 40), np.uint8)},
+                np.random.default_rng(seed))
+        assert out["image"].shape[:2] == out["label"].shape and out["label"].shape[1] == 2 * out["label"].shape[0]
+        sizes.add(out["label"].shape[0])
+    assert sizes == {int(20 * min(int(64 * r) / 40, int(32 * r) / 20) + 0.5) for r in PAPER_RATIOS}
+    assert len(sizes) == 6
+
+
+def test_crop_flip_pad_are_paired():
+    rng = np.random.default_rng(0)
+    img = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    lab = (img[..., 0] % 7).astype(np.uint8)
+    s = RandomCrop((4, 5))({"image": img, "label": lab}, rng)
+    assert s["image"].shape == (4, 5, 3) and np.array_equal(s["label"], s["image"][..., 0] % 7)
+    s = RandomFlip(1.0)(s, rng)
+    assert np.array_equal(s["label"], s["image"][..., 0] % 7)
+    s = Pad((6, 6))({"image": s["image"].astype(np.float32), "label": s["label"]})
+    assert s["image"].shape == (6, 6, 3) and (s["image"][4:] == 0).all() and (s["label"][4:] == 255).all()
+
+
+def test_cat_max_ratio_avoids_single_class_crops():
+    lab = np.zeros((40, 40), np.uint8)
+    lab[:, 36:] = 1  # a thin strip of class 1
+    crop = RandomCrop((8, 8), cat_max_ratio=0.75)
+    hits = [len(np.unique(crop({"image": np.zeros((40, 40, 3), np.uint8), "label": lab},
+                               np.random.default_rng(s))["label"])) > 1 for s in range(30)]
+    plain = RandomCrop((8, 8))
+    base = [len(np.unique(plain({"image": np.zeros((40, 40, 3), np.uint8), "label": lab},
+                                np.random.default_rng(s))["label"])) > 1 for s in range(30)]
+    assert sum(hits) > sum(base)
+
+
+def test_photometric_and_hsv_roundtrip():
+    rgb = np.random.default_rng(0).uniform(0, 255, (5, 5, 3)).astype(np.float32)
+    assert np.allclose(_hsv_to_rgb(_rgb_to_hsv(rgb)), rgb, atol=1e-3)
+    img = np.random.default_rng(1).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    out = PhotoMetricDistortion()({"image": img.copy()}, np.random.default_rng(2))["image"]
+    assert out.dtype == np.uint8 and out.shape == img.shape
+
+
+def test_train_pipeline_is_a_function_of_the_seed():
+    t = train_transforms(crop_size=(16, 16), scale=(32, 16))
+    img = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    lab = np.random.default_rng(2).integers(0, 3, (20, 30), dtype=np.uint8)
+    a = t({"image": img, "label": lab}, np.random.default_rng(5))
+    b = t({"image": img, "label": lab}, np.random.default_rng(5))
+    assert a["image"].shape == (16, 16, 3) and a["image"].dtype == np.float32
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+
+
+def test_sampler_shards_match_one_process_and_resume():
+    data = list(range(10))
+    one = list(ResumableSampler(data, seed=4))
+    two = [list(ResumableSampler(data, num_replicas=2, rank=r, seed=4)) for r in range(2)]
+    assert sorted(one) == sorted(two[0] + two[1])  # same (index, augmentation seed) pairs
+    assert [p for pair in zip(*two, strict=True) for p in pair] == one  # global order interleaves the ranks
+    s = ResumableSampler(data, seed=4)
+    s.start = 3
+    assert list(s) == one[3:]

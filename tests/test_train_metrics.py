@@ -1,0 +1,74 @@
+"""mIoU / aAcc / mAcc against hand-computed confusion matrices; the optimiser groups and the lr schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import semask
+from semask.train import PolyWarmup, SegMetrics, build_optimizer, build_scheduler, format_table
+from tests._trainkit import one_thread  # noqa: F401
+
+
+def test_metrics_match_hand_computed_confusion_with_ignore_and_absent_classes():
+    # 4 classes; class 3 never appears in labels nor predictions (skipped), class 2 is predicted but absent (IoU 0).
+    label = torch.tensor([[0, 0, 1, 1], [0, 255, 1, 255]])
+    pred = torch.tensor([[0, 1, 1, 2], [0, 3, 1, 0]])  # predictions under ignore pixels do not count
+    m = SegMetrics(4)
+    m.update(pred, label)
+    # confusion [label, pred]: label 0 -> pred 0,1,0 ; label 1 -> pred 1,2,1
+    assert m.confusion.tolist() == [[2, 1, 0, 0], [0, 2, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    r = m.compute(["a", "b", "c", "d"])
+    assert r["aAcc"] == pytest.approx(4 / 6)
+    iou = [2 / 3, 2 / 4, 0.0]  # class 0: tp2 / (3 + 2 - 2); class 1: tp2 / (3 + 3 - 2); class 2: 0 / 1
+    assert [r["IoU"][k] for k in "abc"] == pytest.approx(iou)
+    assert math.isnan(r["IoU"]["d"])
+    assert r["mIoU"] == pytest.approx(sum(iou) / 3)
+    assert r["mAcc"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # classes c, d have no labelled pixels
+    assert math.isnan(r["Acc"]["c"])
+    assert "mIoU 38.89" in format_table(r)
+
+
+def test_metrics_accumulate_over_batches_not_per_image():
+    m = SegMetrics(2)
+    m.update(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 1]))
+    m.update(torch.tensor([1]), torch.tensor([1]))
+    r = m.compute()
+    assert r["IoU"]["0"] == pytest.approx(3 / 4) and r["IoU"]["1"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        m.update(torch.tensor([0]), torch.tensor([7]))
+
+
+def test_no_weight_decay_on_norms_and_position_tables():
+    model = semask.create_model("test_semask_swin_fpn")
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    free = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.param_groups[1]["weight_decay"] == 0.0 and opt.param_groups[0]["weight_decay"] == 0.05
+    assert all(("norm" in n) or ("relative_position_bias_table" in n) for n in free)
+    assert "backbone.layers.0.blocks.0.attn.relative_position_bias_table" in free
+    assert "backbone.norm0.weight" in free and "backbone.patch_embed.norm.bias" in free
+    assert "decode_head.scale_heads.0.0.bn.weight" in decayed  # as the original: 'bn' does not contain 'norm'
+    assert len(decayed) + len(free) == len(list(model.parameters()))
+
+
+def test_poly_schedule_with_linear_warmup_matches_mmcv():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-4)
+    sched = build_scheduler(opt, 100, power=1.0, warmup_iters=10, warmup_ratio=1e-6)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+
+    def mmcv(i):  # PolyLrUpdaterHook(power=1, min_lr=0) + linear warmup
+        regular = 1e-4 * (1 - i / 100)
+        return regular * (1 - (1 - i / 10) * (1 - 1e-6)) if i < 10 else regular
+
+    assert lrs == pytest.approx([mmcv(i) for i in range(100)], rel=1e-9, abs=1e-15)
+    assert lrs[0] == pytest.approx(1e-10) and lrs[10] == pytest.approx(9e-5)
+    assert PolyWarmup(10, warmup_iters=0)(10) == 0.0

@@ -1,0 +1,167 @@
+"""The trainer: exact resume after a crash or Ctrl-C, atomic checkpoints, keep-last/best, logs, configs, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import semask.train.checkpoint as ckpt_mod
+from semask.cli import main
+from semask.train import Trainer, load_config
+from semask.train.checkpoint import atomic_save, list_checkpoints, load_checkpoint
+from tests._trainkit import one_thread, tiny_config, tiny_data  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    """One uninterrupted 6-iteration run (checkpoints every 2, evaluation every 3)."""
+    out = tmp_path_factory.mktemp("ref")
+    trainer = Trainer(tiny_config(data_root, out), progress=False)
+    metrics = trainer.fit()
+    return out, trainer, metrics
+
+
+def _losses(out: Path) -> list[tuple[int, float]]:
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["loss"]) for r in recs if "loss" in r]
+
+
+def test_run_writes_logs_curves_checkpoints_and_weights(reference):
+    out, trainer, metrics = reference
+    assert [i for i, _ in _losses(out)] == [1, 2, 3, 4, 5, 6]
+    assert 0 <= metrics["mIoU"] <= 1 and set(metrics["IoU"]) == set(trainer.train_set.classes)
+    assert [i for i, _ in list_checkpoints(out / "checkpoints")] == [4, 6]  # keep_last=2
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "curves.png").stat().st_size > 1000
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+    evals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if "mIoU" in x]
+    assert [e["iter"] for e in evals] == [3, 6]
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "final" / "model.safetensors")
+    assert torch.equal(saved["decode_head.conv_seg.weight"], trainer.module.state_dict()["decode_head.conv_seg.weight"])
+    assert json.loads((out / "final" / "config.json").read_text())["num_classes"] == 5
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_crash_is_exact(data_root, reference, tmp_path):
+    ref_out, ref_trainer, _ = reference
+
+    def crash_at_5(trainer, rec):
+        if rec["iter"] == 5:  # dies after iteration 5; the last checkpoint is iteration 4
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        Trainer(tiny_config(data_root, tmp_path), progress=False, callbacks=[crash_at_5]).fit()
+    resumed = Trainer(tiny_config(data_root, tmp_path), progress=False)
+    assert resumed.iteration == 4
+    resumed.fit()
+    assert _losses(tmp_path) == _losses(ref_out)  # bit-identical loss sequence, no duplicated iteration 5
+    for (k, a), b in zip(ref_trainer.module.state_dict().items(), resumed.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_ctrl_c_saves_and_resumes_exactly(data_root, reference, tmp_path):
+    ref_out, ref_trainer, _ = reference
+    def ctrl_c_at_3(trainer, rec):
+        if rec["iter"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler: finish the iteration, save, stop
+
+    first = Trainer(tiny_config(data_root, tmp_path), progress=False, callbacks=[ctrl_c_at_3])
+    first.fit()
+    assert first.iteration == 3 and (tmp_path / "checkpoints" / "iter_0000003.pt").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert not (tmp_path / "final").exists()  # an interrupted run writes no final weights
+    second = Trainer(tiny_config(data_root, tmp_path), progress=False)
+    second.fit()
+    assert _losses(tmp_path) == _losses(ref_out)
+    assert all(torch.equal(a, b) for a, b in zip(ref_trainer.module.state_dict().values(),
+                                                 second.module.state_dict().values(), strict=True))
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "iter_0000001.pt"
+    atomic_save({"model": {"w": torch.ones(2)}}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"model": {"w": torch.zeros(2)}}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    (tmp_path / "trunc.pt").write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*trunc\.pt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_gradient_accumulation_and_bf16_autocast_run(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, iters=2, accum_steps=2, amp="bf16", clip_grad=1.0,
+                      grad_checkpointing=True, norm_eval=True, eval_interval=100, resume=None)
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    assert trainer.iteration == 2 and all(torch.isfinite(p).all() for p in trainer.module.parameters())
+    with pytest.raises(ValueError, match="needs CUDA"):
+        Trainer(tiny_config(data_root, tmp_path, amp="fp16"), progress=False)
+
+
+def test_model_with_wrong_class_count_is_refused(data_root, tmp_path):
+    import semask
+
+    model = semask.create_model("test_semask_swin_fpn", num_classes=7)
+    with pytest.raises(ValueError, match=r"7 classes but .* has 5"):
+        Trainer(tiny_config(data_root, tmp_path), model=model, progress=False)
+
+
+def test_config_overrides_and_presets(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: test_semask_swin_fpn\nlr: 1e-4\ndata:\n  type: folder\n  crop_size: [64, 64]\n")
+    cfg = load_config(cfg_file, ["iters=10", "data.root=/x", "clip_grad=0.5", "amp=bf16", "data.ratios=null"])
+    assert (cfg.lr, cfg.iters, cfg.clip_grad, cfg.amp) == (1e-4, 10, 0.5, "bf16")
+    assert cfg.data.crop_size == (64, 64) and cfg.data.root == "/x" and cfg.data.ratios is None
+    with pytest.raises(ValueError, match="unknown config key.*'lrr'"):
+        load_config(cfg_file, ["lrr=1"])
+    with pytest.raises(ValueError, match="not key=value"):
+        load_config(cfg_file, ["iters"])
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(presets) >= 4
+    for preset in presets:
+        c = load_config(preset)
+        assert c.warmup_iters == 1500 and c.poly_power == 1.0 and c.prior_loss_weight == 0.4 and c.iters == 80000
+    ade = load_config(ROOT / "configs" / "ade20k_semask_tiny.yaml")
+    assert (ade.lr, ade.weight_decay, ade.data.cat_max_ratio, ade.data.ratios) == \
+        (1e-4, 1e-4, 0.75, (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+    city = load_config(ROOT / "configs" / "cityscapes_semask_base.yaml")
+    assert (city.lr, city.weight_decay, city.data.ratio_range, city.data.crop_size) == (1e-3, 0.05, (0.5, 2.0),
+                                                                                        (768, 768))
+
+
+def test_cli_train_then_eval(data_root, tmp_path, capsys):
+    cfg = tiny_config(data_root, tmp_path / "run", iters=2, eval_interval=100)
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    assert main(["train", "--config", str(cfg_file), "iters=2"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "curves.png" in out
+    ckpt = tmp_path / "run" / "checkpoints" / "iter_0000002.pt"
+    assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(ckpt), "--json", str(tmp_path / "m.json")]) == 0
+    assert "aAcc" in capsys.readouterr().out and "mIoU" in json.loads((tmp_path / "m.json").read_text())
+    assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(tmp_path / "run" / "final")]) == 0
+    assert main(["train", "--config", str(cfg_file), "data.root=" + str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
