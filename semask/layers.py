@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +46,11 @@ def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point batch, got {x.dtype}; convert with x.float() and normalise "
                         "with the ImageNet mean/std (semask.Predictor does this for you)")
+
+
+def drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
+    """Stochastic depth growing linearly 0 -> `rate` over all blocks, split per stage (computed in Python so that
+    meta-device builds work)."""
+    total = sum(depths)
+    flat = [rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    return [flat[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import check_image_batch
-from .semantic_layer import ATTN_IMPLS, SemanticAttention, SemanticLayer
+from ..layers import check_image_batch, drop_path_rates
+from .semantic_layer import SemanticAttention, SemanticLayer, build_semantic_layers
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -167,33 +167,18 @@ class MiTBackbone(nn.Module):
         bad = {k: tuple(v) for k, v in per_stage.items() if len(v) != n}
         if bad:
             raise ValueError(f"depths {tuple(depths)} has {n} stages but {bad} do not")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
-        if semantic_attention is not None:
-            if len(semantic_attention) != n or not set(semantic_attention) <= {"window", "global"}:
-                raise ValueError(f"semantic_attention needs one of 'window'/'global' per stage ({n}), "
-                                 f"got {tuple(semantic_attention)}")
-            if sem_num_classes is None or ("window" in semantic_attention and not sem_window_size):
-                raise ValueError("a SeMask backbone needs sem_num_classes and, for windowed stages, sem_window_size")
         self.in_chans = in_chans
         self.dims = list(embed_dims)
         self.semantic = semantic_attention is not None
-        total = sum(depths)  # linear 0 -> drop_path_rate over all blocks, in Python (meta-device builds)
-        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
-        n = len(depths)
-        sem_blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
-        if len(sem_blocks) != n:
-            raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
-        self.layers = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(self.dims, depths, strict=True)):
-            semantic = None
-            if semantic_attention is not None:
-                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=sem_blocks[i], attn_impl=attn_impl,
-                                         window_size=sem_window_size if semantic_attention[i] == "window" else None)
-            self.layers.append(MiTStage(
-                in_chans if i == 0 else self.dims[i - 1], dim, depth, num_heads[i], patch_size=patch_sizes[i],
-                stride=strides[i], sr_ratio=sr_ratios[i], mlp_ratio=mlp_ratio, semantic=semantic,
-                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], attn_impl=attn_impl))
+        semantic = build_semantic_layers(self.dims, semantic_attention, sem_window_size=sem_window_size,
+                                         sem_num_classes=sem_num_classes, num_sem_blocks=num_sem_blocks,
+                                         attn_impl=attn_impl)
+        self.layers = nn.ModuleList(
+            MiTStage(in_chans if i == 0 else self.dims[i - 1], dim, depth, num_heads[i], patch_size=patch_sizes[i],
+                     stride=strides[i], sr_ratio=sr_ratios[i], mlp_ratio=mlp_ratio, semantic=semantic[i],
+                     drop_path=dpr, attn_impl=attn_impl)
+            for i, (dim, depth, dpr) in enumerate(zip(self.dims, depths, drop_path_rates(depths, drop_path_rate),
+                                                      strict=True)))
         self.apply(_init_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

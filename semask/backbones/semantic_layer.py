@@ -9,6 +9,8 @@ depend on the padding, which is what the released weights were trained with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,3 +78,26 @@ class SemanticLayer(nn.Module):
         out = window_reverse(tokens, self.window_size, hp, wp)[:, :h, :w]
         prior = window_reverse(q, self.window_size, hp, wp)[:, :h, :w]
         return out, prior
+
+
+def build_semantic_layers(dims: Sequence[int], semantic_attention: Sequence[str] | None, *,
+                          sem_window_size: int | None, sem_num_classes: int | None,
+                          num_sem_blocks: int | Sequence[int], attn_impl: str) -> list[SemanticLayer | None]:
+    """One SemanticLayer per stage (None for plain backbones), validated: the per-stage config fields of any SeMask
+    backbone (Swin, MiT) mean the same thing, so they are checked and built in one place."""
+    n = len(dims)
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+    if semantic_attention is None:
+        return [None] * n
+    if len(semantic_attention) != n or not set(semantic_attention) <= {"window", "global"}:
+        raise ValueError(f"semantic_attention needs one of 'window'/'global' per stage ({n}), "
+                         f"got {tuple(semantic_attention)}")
+    if sem_num_classes is None or ("window" in semantic_attention and not sem_window_size):
+        raise ValueError("a SeMask backbone needs sem_num_classes and, for windowed stages, sem_window_size")
+    blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
+    if len(blocks) != n:
+        raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
+    return [SemanticLayer(dim, sem_num_classes, num_blocks=nb, attn_impl=attn_impl,
+                          window_size=sem_window_size if kind == "window" else None)
+            for dim, kind, nb in zip(dims, semantic_attention, blocks, strict=True)]

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import check_image_batch, pad_hw, window_partition, window_reverse
-from .semantic_layer import ATTN_IMPLS, SemanticAttention, SemanticLayer
+from ..layers import check_image_batch, drop_path_rates, pad_hw, window_partition, window_reverse
+from .semantic_layer import SemanticAttention, SemanticLayer, build_semantic_layers
 
 MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
 
@@ -219,32 +219,18 @@ class SwinBackbone(nn.Module):
         n = len(depths)
         if len(num_heads) != n:
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have the same length")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
-        if semantic_attention is not None:
-            if len(semantic_attention) != n or not set(semantic_attention) <= {"window", "global"}:
-                raise ValueError(f"semantic_attention needs one of 'window'/'global' per stage ({n}), "
-                                 f"got {tuple(semantic_attention)}")
-            if sem_num_classes is None or ("window" in semantic_attention and not sem_window_size):
-                raise ValueError("a SeMask backbone needs sem_num_classes and, for windowed stages, sem_window_size")
         self.in_chans = in_chans
         self.dims = [embed_dim * 2 ** i for i in range(n)]
         self.semantic = semantic_attention is not None
-        sem_blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
-        if len(sem_blocks) != n:
-            raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
+        semantic = build_semantic_layers(self.dims, semantic_attention, sem_window_size=sem_window_size,
+                                         sem_num_classes=sem_num_classes, num_sem_blocks=num_sem_blocks,
+                                         attn_impl=attn_impl)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
-        total = sum(depths)  # linear 0 -> drop_path_rate over all blocks, computed in Python (meta-device builds)
-        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
-        self.layers = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(self.dims, depths, strict=True)):
-            semantic = None
-            if semantic_attention is not None:
-                semantic = SemanticLayer(dim, sem_num_classes, num_blocks=sem_blocks[i], attn_impl=attn_impl,
-                                         window_size=sem_window_size if semantic_attention[i] == "window" else None)
-            self.layers.append(SwinStage(
-                dim, depth, num_heads[i], window_size, mlp_ratio=mlp_ratio, semantic=semantic,
-                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=i < n - 1, attn_impl=attn_impl))
+        self.layers = nn.ModuleList(
+            SwinStage(dim, depth, num_heads[i], window_size, mlp_ratio=mlp_ratio, semantic=semantic[i],
+                      drop_path=dpr, downsample=i < n - 1, attn_impl=attn_impl)
+            for i, (dim, depth, dpr) in enumerate(zip(self.dims, depths, drop_path_rates(depths, drop_path_rate),
+                                                      strict=True)))
         for i, dim in enumerate(self.dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.apply(_init_weights)
