@@ -141,14 +141,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import load_config
+    from .train.evaluate import MS_RATIOS, EvalProtocol, parse_size
     from .train.metrics import format_table
     from .train.trainer import evaluate_checkpoint
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
-    metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split)
+    protocol = EvalProtocol(mode=args.mode, crop=parse_size(args.crop), stride=parse_size(args.stride),
+                            scales=MS_RATIOS if args.tta else (1.0,), flip=args.tta)
+    metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split, protocol=protocol)
     if _is_main_process():
-        print(f"{dataset.name}: {len(dataset)} images")
+        scale = config.data.test_scale
+        print(f"{dataset.name}: {len(dataset)} images; {protocol.describe()}; test scale "
+              f"{tuple(scale) if scale else 'as stored'} (keep-ratio resize by the Predictor)")
         print(format_table(metrics))
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -160,10 +165,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _setup_logging()  # the trainer logs the per-class table at each evaluation
     result = run_demo(args.out, seed=args.seed, **({"iters": args.iters} if args.iters else {}))
-    m = result["metrics"]
+    m, pictures = result["metrics"], result["pictures"]
     print(f"held-out mIoU {100 * m['mIoU']:.1f} in {result['seconds']:.0f} s")
-    print(f"pictures: {result['pictures']}/overlays.png (image | truth | prediction | blend), "
-          f"{result['pictures']}/prior_*.png (semantic-prior maps per class)")
+    print(f"pictures: {result['overlays']} (image | truth | prediction | overlay); per held-out image in {pictures}: "
+          "NNNN_overlay.png, NNNN_priors.png (semantic-prior arg-max and confidence per stage), NNNN.png (label ids)")
     print(f"curves: {result['curves']}; metrics: {result['out_dir'] / 'metrics.json'}; weights: {result['weights']}")
     return 0
 
@@ -222,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the training config (dataset, model, test scale)")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or semask weights folder")
     p.add_argument("--split", help="dataset split (default: data.val_split)")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                   help="whole image or sliding window (images resized to data.test_scale first)")
+    p.add_argument("--crop", help="slide window N or H,W (default: data.crop_size)")
+    p.add_argument("--stride", help="slide stride N or H,W (default: 2/3 of the crop)")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg --aug-test")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_eval)

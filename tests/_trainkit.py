@@ -23,7 +23,7 @@ def tiny_config(data_root: Path, out_dir: Path, **changes) -> TrainConfig:
                       scale=(32, 32), ratios=(1.0, 1.5), photometric=True, test_scale=None, num_workers=0)
     cfg = TrainConfig(model="test_semask_swin_fpn", model_overrides=dict(TINY), data=data, out_dir=str(out_dir),
                       iters=6, batch_size=2, lr=1e-3, weight_decay=0.01, warmup_iters=2, eval_interval=3,
-                      eval_batch_size=2, ckpt_interval=2, keep_last=2, log_interval=1, seed=3, resume="auto")
+                      ckpt_interval=2, keep_last=2, log_interval=1, seed=3, resume="auto")
     for key, value in changes.items():
         setattr(cfg, key, value)
     return cfg

@@ -95,7 +95,7 @@ def test_ade20k_reduces_zero_label(tmp_path):
     _save(tmp_path / "images/training/ADE_1.jpg", np.zeros((2, 2, 3), np.uint8))
     _save(tmp_path / "annotations/training/ADE_1.png", np.array([[0, 1], [150, 151]], np.uint8))
     ds = ade20k(tmp_path)
-    assert ds.num_classes == 150
+    assert ds.num_classes == 150 and ds.classes[:2] == ("wall", "building")  # the names of semask.data.palettes
     with pytest.raises(ValueError, match=r"ADE_1\.png.*\[151\]"):
         ds.load(0)
     _save(tmp_path / "annotations/training/ADE_1.png", np.array([[0, 1], [150, 2]], np.uint8))
@@ -115,7 +115,7 @@ def test_coco_stuff10k_layout(tmp_path):
     _save(tmp_path / "images/train2014/COCO_1.jpg", np.zeros((1, 2, 3), np.uint8))
     _save(tmp_path / "annotations/train2014/COCO_1_labelTrainIds.png", np.array([[0, 171]], np.uint8))
     ds = coco_stuff10k(tmp_path)
-    assert ds.num_classes == 171 and ds.load(0)["label"].tolist() == [[255, 170]]
+    assert ds.num_classes == 171 and ds.load(0)["label"].tolist() == [[255, 170]] and ds.classes[-1] == "wood"
 
 
 def test_resize_uses_paper_ratios_and_keeps_aspect():

@@ -35,7 +35,7 @@ def test_two_processes_match_one_over_the_same_global_batch(tmp_path):
     results = {}
     for world, batch in ((1, 4), (2, 2)):
         cfg = tiny_config(data, tmp_path / f"out{world}", iters=3, batch_size=batch, eval_interval=3, ckpt_interval=3,
-                          eval_batch_size=1, norm_eval=True, resume=None,
+                          norm_eval=True, resume=None,
                           model_overrides=dict(TINY, drop_path_rate=0.0, decoder_dropout=0.0))
         cfg_file = tmp_path / f"cfg{world}.json"
         cfg_file.write_text(json.dumps(cfg.to_dict()))

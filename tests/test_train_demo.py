@@ -13,6 +13,7 @@ from PIL import Image
 
 from semask.cli import main
 from semask.data import folder
+from semask.data.palettes import generate_palette
 from semask.data.synthetic import make_sample, write_synthetic_dataset
 from tests._trainkit import one_thread  # noqa: F401
 
@@ -36,10 +37,16 @@ def test_demo_cli_writes_pictures_metrics_and_weights(tmp_path, capsys, monkeypa
                                                                   image_size=32, progress=False))
     assert main(["demo", "--out", str(tmp_path), "--iters", "3"]) == 0
     out = capsys.readouterr().out
-    assert "held-out mIoU" in out and "overlays.png" in out
-    overlay = Image.open(tmp_path / "pictures" / "overlays.png")
-    assert overlay.size == (2 * 4 * 32, 2 * 3 * 32)  # 3 rows of image | truth | prediction | blend, ×2
-    assert len(list((tmp_path / "pictures").glob("prior_*.png"))) == 3
+    assert "held-out mIoU" in out and "overlays.png" in out and "_priors.png" in out
+    pictures = tmp_path / "pictures"
+    strip = np.asarray(Image.open(pictures / "overlays.png"))
+    assert strip.shape == (2 * 3 * 32, 2 * 4 * 32, 3)  # 3 rows of image | truth | prediction | overlay, ×2
+    truth = np.asarray(Image.open(tmp_path / "data" / "masks" / "val" / "0000.png"))
+    assert np.array_equal(strip[:64:2, 64:128:2], generate_palette(5)[truth])  # truth in the palette's colours
+    # what `semask segment --overlay --priors` writes, through the Predictor: label ids, overlay, prior grid
+    assert sorted(p.name for p in pictures.glob("0000*")) == ["0000.png", "0000_overlay.png", "0000_priors.png"]
+    assert len(list(pictures.glob("*_priors.png"))) == 3
+    assert Image.open(pictures / "0000.png").size == (32, 32) and Image.open(pictures / "0000_priors.png").width > 256
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["mIoU"] <= 1 and metrics["iters"] == 3
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "final" / "model.safetensors").is_file()

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .palettes import CITYSCAPES_CLASSES as CITYSCAPES_CLASSES  # re-exported: the one table lives in palettes.py
+from .palettes import ClassInfo, generate_palette, get_class_info
+
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-                      "bicycle")
 # Cityscapes labelIds -> the 19 train ids (cityscapesScripts `labels.py`); every other id is ignored.
 _CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                          26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
@@ -70,10 +70,15 @@ def _listdir(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 
 class SegmentationDataset:
-    """(image, mask) pairs with a label mapping (`lut`: 256-entry table applied to raw mask values)."""
+    """(image, mask) pairs with a label mapping (`lut`: 256-entry table applied to raw mask values).
+
+    `class_info` (names, palette, label offset; see `semask.data.palettes`) is what the Predictor and the pictures
+    use: the standard table for ADE20K / Cityscapes / COCO-Stuff-10k, a generated palette for custom classes.
+    """
 
     def __init__(self, pairs: Sequence[tuple[Path, Path | None]], classes: Sequence[str], *,
-                 lut: np.ndarray | None = None, name: str = "dataset") -> None:
+                 lut: np.ndarray | None = None, name: str = "dataset", palette: np.ndarray | None = None,
+                 label_offset: int = 0) -> None:
         if not pairs:
             raise ValueError(f"{name} is empty: no images found")
         self.pairs = [(Path(i), Path(m) if m is not None else None) for i, m in pairs]
@@ -85,6 +90,10 @@ class SegmentationDataset:
             raise ValueError(f"{name}: the class list has duplicate names {dup}")
         self.lut = lut
         self.name = name
+        palette = generate_palette(len(self.classes)) if palette is None else np.asarray(palette, np.uint8)
+        if palette.shape != (len(self.classes), 3):
+            raise ValueError(f"{name}: the palette has shape {palette.shape}, expected ({len(self.classes)}, 3)")
+        self.class_info = ClassInfo(name, self.classes, palette, label_offset)
 
     @property
     def num_classes(self) -> int:
@@ -92,6 +101,9 @@ class SegmentationDataset:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.load(index)
 
     def load(self, index: int) -> dict:
         image_path, mask_path = self.pairs[index]
@@ -137,6 +149,12 @@ def match_pairs(images: Sequence[Path], masks: Sequence[Path], *, image_key, mas
     return pairs
 
 
+def _standard(dataset: str) -> dict:
+    """Class names, palette and label offset of a standard dataset, from the one table in `palettes.py`."""
+    info = get_class_info(dataset)
+    return {"classes": info.names, "palette": info.palette, "label_offset": info.label_offset}
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{what} folder {path} does not exist")
@@ -149,8 +167,7 @@ def ade20k(root: str | Path, split: str = "training") -> SegmentationDataset:
     imgs = _listdir(_require_dir(root / "images" / split, "ADE20K images"), (".jpg",))
     masks = _listdir(_require_dir(root / "annotations" / split, "ADE20K annotations"), (".png",))
     pairs = match_pairs(imgs, masks, image_key=lambda p: p.stem, mask_key=lambda p: p.stem, name=f"ADE20K {split}")
-    return SegmentationDataset(pairs, [f"class_{i}" for i in range(150)], lut=reduce_zero_label_lut(),
-                               name=f"ADE20K {split}")
+    return SegmentationDataset(pairs, lut=reduce_zero_label_lut(), name=f"ADE20K {split}", **_standard("ade20k"))
 
 
 def cityscapes(root: str | Path, split: str = "train") -> SegmentationDataset:
@@ -160,7 +177,7 @@ def cityscapes(root: str | Path, split: str = "train") -> SegmentationDataset:
     masks = _listdir(_require_dir(root / "gtFine" / split, "Cityscapes annotations"), ("_gtfine_labelids.png",))
     pairs = match_pairs(imgs, masks, image_key=lambda p: p.name[: -len("_leftImg8bit.png")],
                         mask_key=lambda p: p.name[: -len("_gtFine_labelIds.png")], name=f"Cityscapes {split}")
-    return SegmentationDataset(pairs, CITYSCAPES_CLASSES, lut=cityscapes_lut(), name=f"Cityscapes {split}")
+    return SegmentationDataset(pairs, lut=cityscapes_lut(), name=f"Cityscapes {split}", **_standard("cityscapes"))
 
 
 def coco_stuff10k(root: str | Path, split: str = "train2014") -> SegmentationDataset:
@@ -171,8 +188,8 @@ def coco_stuff10k(root: str | Path, split: str = "train2014") -> SegmentationDat
     masks = _listdir(_require_dir(root / "annotations" / split, "COCO-Stuff annotations"), ("_labeltrainids.png",))
     pairs = match_pairs(imgs, masks, image_key=lambda p: p.stem,
                         mask_key=lambda p: p.name[: -len("_labelTrainIds.png")], name=f"COCO-Stuff-10k {split}")
-    return SegmentationDataset(pairs, [f"class_{i}" for i in range(171)], lut=reduce_zero_label_lut(),
-                               name=f"COCO-Stuff-10k {split}")
+    return SegmentationDataset(pairs, lut=reduce_zero_label_lut(), name=f"COCO-Stuff-10k {split}",
+                               **_standard("coco_stuff10k"))
 
 
 def read_class_list(path: str | Path) -> list[str]:
@@ -204,7 +221,8 @@ def folder(root: str | Path, split: str | None = None, *, classes: Sequence[str]
     base_i, base_m = root / "images" / sub, root / "masks" / sub
     pairs = match_pairs(imgs, masks, image_key=lambda p: p.relative_to(base_i).with_suffix("").as_posix(),
                         mask_key=lambda p: p.relative_to(base_m).with_suffix("").as_posix(), name=name)
-    return SegmentationDataset(pairs, classes, lut=reduce_zero_label_lut() if reduce_zero_label else None, name=name)
+    return SegmentationDataset(pairs, classes, lut=reduce_zero_label_lut() if reduce_zero_label else None, name=name,
+                               label_offset=int(reduce_zero_label))
 
 
 DATASETS = {"ade20k": ade20k, "cityscapes": cityscapes, "coco_stuff10k": coco_stuff10k, "folder": folder}

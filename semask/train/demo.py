@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import SYNTHETIC_CLASSES, TransformedDataset, eval_transforms, folder, write_synthetic_dataset
+from ..data import SegmentationDataset, folder, write_synthetic_dataset
+from ..viz import save_prediction
 from .config import DataConfig, TrainConfig
+from .evaluate import EvalPredictor
 from .metrics import format_table
-from .plots import overlay_strip, palette, prior_grid
+from .plots import comparison_strip
 
 # A small SeMask-Swin (4 stages, 1 block each, windows of 4 tokens): ~1.6M parameters, trains in minutes on 2 cores.
 DEMO_MODEL = "test_semask_swin_fpn"
@@ -31,14 +33,17 @@ def demo_config(out_dir: str | Path, *, iters: int = DEMO_ITERS, image_size: int
                       photometric=False, test_scale=None, num_workers=0)
     return TrainConfig(model=DEMO_MODEL, model_overrides=dict(DEMO_OVERRIDES), data=data, out_dir=str(out / "run"),
                        iters=iters, batch_size=8, lr=3e-3, weight_decay=0.01, warmup_iters=min(30, iters),
-                       warmup_ratio=1e-3, eval_interval=max(iters // 5, 1), eval_batch_size=16, ckpt_interval=iters,
+                       warmup_ratio=1e-3, eval_interval=max(iters // 5, 1), ckpt_interval=iters,
                        keep_last=1, log_interval=10, seed=seed, resume=None, loss_reduction="valid")
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, iters: int = DEMO_ITERS, train_images: int = 192,
              val_images: int = 48, image_size: int = 64, seed: int = 0, threads: int | None = 1,
              progress: bool = True) -> dict:
-    """Returns {"metrics", "seconds", "out_dir", "pictures", "curves", "weights"}; all written under `out_dir`.
+    """Returns {"metrics", "seconds", "out_dir", "pictures", "overlays", "curves", "weights"}; all written under
+    `out_dir`. `pictures` is a folder with, per held-out image NNNN, what `semask segment --overlay --priors` writes
+    (NNNN.png label ids, NNNN_overlay.png, NNNN_priors.png: per-stage prior arg-max + confidence), and `overlays`
+    one picture of image | truth | prediction | overlay rows.
 
     `threads=1` (default): for these tiny tensors one intra-op thread is as fast as two on an idle machine and
     many times faster on a busy one (OpenMP threads spin-waiting for a shared core); None keeps torch's setting.
@@ -63,34 +68,32 @@ def _run_demo(out: Path, *, iters: int, train_images: int, val_images: int, imag
     cfg = demo_config(out, iters=iters, image_size=image_size, seed=seed)
     trainer = Trainer(cfg, progress=progress)
     metrics = trainer.fit()
-    pictures = _write_pictures(trainer.module, folder(out / "data", "val"), out / "pictures", cfg)
+    overlays = _write_pictures(trainer.module, folder(out / "data", "val"), out / "pictures", cfg)
     seconds = time.perf_counter() - start
     summary = {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"], "mAcc": metrics["mAcc"], "IoU": metrics["IoU"],
                "seconds": round(seconds, 1), "iters": iters, "model": DEMO_MODEL, "overrides": DEMO_OVERRIDES}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=list) + "\n", encoding="utf-8")
     (out / "metrics.txt").write_text(format_table(metrics) + "\n", encoding="utf-8")
-    return {"metrics": metrics, "seconds": seconds, "out_dir": out, "pictures": pictures,
-            "curves": out / "run" / "curves.png", "weights": out / "run" / "final"}
+    return {"metrics": metrics, "seconds": seconds, "out_dir": out, "pictures": out / "pictures",
+            "overlays": overlays, "curves": out / "run" / "curves.png", "weights": out / "run" / "final"}
 
 
-@torch.no_grad()
-def _write_pictures(model: torch.nn.Module, dataset, folder_out: Path, cfg: TrainConfig, count: int = 6) -> Path:
-    """overlay_NN.png (image | truth | prediction | blend) and prior_NN.png (per-class prior probability maps)."""
+def _write_pictures(model: torch.nn.Module, dataset: SegmentationDataset, folder_out: Path, cfg: TrainConfig,
+                   count: int = 6) -> Path:
+    """The first `count` held-out images through the Predictor (the evaluation's settings): `save_prediction` with
+    overlay and prior grid for each, and overlays.png (image | truth | prediction | overlay, one row per image, ×2)."""
     from PIL import Image
 
-    folder_out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    view = TransformedDataset(dataset, eval_transforms(scale=None, mean=cfg.data.mean, std=cfg.data.std))
-    colors = palette(len(SYNTHETIC_CLASSES))
+    d = cfg.data
+    predictor = EvalPredictor(model, test_scale=d.test_scale, crop_size=d.crop_size, mean=d.mean, std=d.std,
+                              classes=dataset.class_info)
     rows = []
     for i in range(min(count, len(dataset))):
-        raw = dataset.load(i)
-        image = view[i]["image"][None]
-        out = model(image)
-        pred = out["logits"].argmax(1)[0].numpy().astype(np.uint8)  # test_scale None: logits at the label size
-        rows.append(overlay_strip(raw["image"], raw["label"], pred, colors))
-        probs = torch.softmax(out["prior_logits"][0].float(), 0).numpy()
-        Image.fromarray(prior_grid(probs, SYNTHETIC_CLASSES)).save(folder_out / f"prior_{i:02d}.png")
-    Image.fromarray(np.concatenate(rows, 0)).resize((rows[0].shape[1] * 2, len(rows) * rows[0].shape[0] * 2),
-                                                    Image.Resampling.NEAREST).save(folder_out / "overlays.png")
-    return folder_out
+        sample = dataset.load(i)
+        pred = predictor(sample["image"])
+        save_prediction(pred, folder_out, Path(sample["path"]).stem, priors_png=True)
+        rows.append(comparison_strip(sample["image"], sample["label"], pred.labels, pred.classes.palette))
+    strip = np.concatenate(rows, 0)
+    path = folder_out / "overlays.png"
+    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.Resampling.NEAREST).save(path)
+    return path

@@ -1,7 +1,5 @@
-"""Small PIL drawings for training feedback (no matplotlib): loss / mIoU curves, label overlays, prior-map grids.
-
-TODO(lead): dedupe the overlay and prior-grid helpers against `semask/viz.py` once both are merged.
-"""
+"""Training feedback drawn with PIL (no matplotlib): the loss / mIoU curves, and an image | truth | prediction strip
+built from `semask.viz` (palettes, overlays and prior-map grids live there and in `semask.data.palettes`)."""
 
 from __future__ import annotations
 
@@ -10,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..viz import colorize, overlay
 
 
 def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], xs: Sequence[float], ys: Sequence[float],
@@ -50,37 +50,9 @@ def plot_curves(records: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """A fixed colour per class: [K, 3] uint8 (class 0 dark grey)."""
-    rng = np.random.default_rng(3)
-    colors = rng.integers(40, 256, (max(num_classes, 1), 3)).astype(np.uint8)
-    colors[0] = (60, 60, 60)
-    return colors
-
-
-def overlay_strip(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """[H, W*k, 3]: image | ground truth | prediction | 50% blend of prediction on the image."""
-    def paint(lab: np.ndarray) -> np.ndarray:
-        out = colors[np.clip(lab, 0, len(colors) - 1)]
-        out[lab == 255] = 0
-        return out
-
-    tiles = [image] + ([paint(label)] if label is not None else []) + [paint(pred)]
-    tiles.append((0.5 * image + 0.5 * paint(pred)).astype(np.uint8))
-    return np.concatenate(tiles, axis=1)
-
-
-def prior_grid(prior_probs: np.ndarray, names: Sequence[str] | None = None, *, scale: int = 2) -> np.ndarray:
-    """[K, H, W] per-class prior probabilities -> a grey-scale grid of K heat maps (one per class), titled."""
-    k, h, w = prior_probs.shape
-    cols = min(k, 5)
-    rows = -(-k // cols)
-    hh, ww = h * scale, w * scale
-    grid = Image.new("L", (cols * ww, rows * (hh + 12)), 255)
-    draw = ImageDraw.Draw(grid)
-    for i in range(k):
-        tile = Image.fromarray((np.clip(prior_probs[i], 0, 1) * 255).astype(np.uint8)).resize((ww, hh))
-        x, y = (i % cols) * ww, (i // cols) * (hh + 12)
-        grid.paste(tile, (x, y + 12))
-        draw.text((x + 2, y), (names[i] if names else str(i))[: ww // 6], fill=0)
-    return np.asarray(grid)
+def comparison_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: np.ndarray, *,
+                     alpha: float = 0.5) -> np.ndarray:
+    """[H, 4W, 3] uint8: image | ground truth | prediction | prediction over the image, in `palette`'s colours
+    (ignored pixels black), drawn with `semask.viz`."""
+    return np.concatenate([image, colorize(truth, palette), colorize(pred, palette),
+                           overlay(image, pred, alpha, palette=palette)], axis=1)

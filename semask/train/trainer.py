@@ -31,12 +31,11 @@ from ..data import (
     TransformedDataset,
     build_dataset,
     collate,
-    eval_transforms,
     train_transforms,
 )
 from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
 from .config import TrainConfig
-from .evaluate import InferFn, evaluate, whole_inference
+from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .metrics import format_table
 from .optim import build_optimizer, build_scheduler
@@ -60,7 +59,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None,
                  train_set: SegmentationDataset | None = None, val_set: SegmentationDataset | None = None,
                  callbacks: Sequence[Callable[[Trainer, dict], None]] = (), progress: bool = True,
-                 infer: InferFn = whole_inference) -> None:
+                 eval_protocol: EvalProtocol | None = None) -> None:
+        """`eval_protocol`: how the periodic evaluation predicts (whole / slide, scales, flip); default whole."""
         self.cfg = c = config
         if c.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {c.amp!r}")
@@ -78,7 +78,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.progress = progress and self.rank == 0
-        self.infer = infer
+        self.eval_protocol = eval_protocol or EvalProtocol()
         torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
 
         d = c.data
@@ -317,18 +317,14 @@ class Trainer:
             plot_curves(self.records, self.out_dir / "curves.png")
         return metrics
 
-    def evaluate(self, dataset: SegmentationDataset | None = None) -> dict:
-        """Metrics over `dataset` (default: the validation set), sharded over processes without padding."""
+    def evaluate(self, dataset: SegmentationDataset | None = None, *, protocol: EvalProtocol | None = None) -> dict:
+        """Metrics over `dataset` (default: the validation set) through the Predictor (`protocol`, default the
+        trainer's `eval_protocol`), sharded over processes without padding."""
         dataset = dataset if dataset is not None else self.val_set
         if dataset is None:
             raise ValueError("no validation data: set data.val_split or pass val_set")
-        d = self.cfg.data
-        view = TransformedDataset(dataset, eval_transforms(scale=d.test_scale, mean=d.mean, std=d.std))
-        loader = DataLoader(view, batch_size=self.cfg.eval_batch_size, collate_fn=collate,
-                            sampler=ShardSampler(len(view), num_replicas=self.world, rank=self.rank),
-                            num_workers=min(self.cfg.data.num_workers, 2))
-        return evaluate(self.module, loader, num_classes=self.num_classes, class_names=dataset.classes,
-                        device=self.device, infer=self.infer, amp_dtype=self.amp_dtype)
+        return _evaluate(self.module, dataset, self.cfg, protocol or self.eval_protocol, world=self.world,
+                         rank=self.rank, amp_dtype=self.amp_dtype)
 
     def _after_eval(self, metrics: dict) -> None:
         self._record({"iter": self.iteration, "mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"],
@@ -364,10 +360,20 @@ def _progress(total: int, initial: int, *, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
 
 
+def _evaluate(model: nn.Module, dataset: SegmentationDataset, config: TrainConfig, protocol: EvalProtocol, *,
+              world: int, rank: int, amp_dtype: torch.dtype | None) -> dict:
+    """`evaluate` with the config's test scale, crop and normalisation, on this process's shard."""
+    d = config.data
+    return evaluate(model, dataset, protocol=protocol, test_scale=d.test_scale, crop_size=d.crop_size, mean=d.mean,
+                    std=d.std, indices=ShardSampler(len(dataset), num_replicas=world, rank=rank),
+                    amp_dtype=amp_dtype, num_workers=min(d.num_workers, 2))
+
+
 def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: str | None = None,
-                        infer: InferFn = whole_inference) -> tuple[dict, SegmentationDataset]:
+                        protocol: EvalProtocol | None = None) -> tuple[dict, SegmentationDataset]:
     """Metrics of a training checkpoint (`.pt`) or semask weights (folder / `.safetensors`) on `split` (default:
-    `config.data.val_split`), sharded over processes when launched with torchrun."""
+    `config.data.val_split`) through the Predictor (`protocol`, default whole), sharded over processes when
+    launched with torchrun."""
     from ..registry import create_model
 
     c, d = config, config.data
@@ -389,9 +395,6 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: s
         raise ValueError(f"{checkpoint} predicts {model.config.num_classes} classes but {dataset.name} has "
                          f"{dataset.num_classes}")
     model.to(device)
-    view = TransformedDataset(dataset, eval_transforms(scale=d.test_scale, mean=d.mean, std=d.std))
-    loader = DataLoader(view, batch_size=c.eval_batch_size, collate_fn=collate, num_workers=min(d.num_workers, 2),
-                        sampler=ShardSampler(len(view), num_replicas=world, rank=rank))
-    metrics = evaluate(model, loader, num_classes=dataset.num_classes, class_names=dataset.classes, device=device,
-                       infer=infer, amp_dtype=AMP_DTYPES[c.amp])
+    metrics = _evaluate(model, dataset, c, protocol or EvalProtocol(), world=world, rank=rank,
+                        amp_dtype=AMP_DTYPES[c.amp])
     return metrics, dataset
