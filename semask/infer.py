@@ -189,7 +189,9 @@ class Predictor:
             averaged). crop defaults to the weights' training crop, stride to 2/3 of it (mmseg's 512/341).
         scales: ratios of the test scale; `MS_RATIOS` with `flip=True` is mmseg's ms+flip (`--aug-test`).
         dtype: autocast dtype (torch.float16 / bfloat16), None for float32.
-        test_scale: (long, short) bound of mmseg's keep-ratio resize; default: the weights' preprocessing.
+        test_scale: (long, short) bound of mmseg's keep-ratio resize; default: the weights' preprocessing;
+            "original": no resize (each image at its own size, e.g. for data already at the test scale).
+        mean, std, classes: override the weights' normalisation and class table (e.g. a training config's).
         dataset: class names / palette ("ade20k", "cityscapes", "coco_stuff10k"); default from the tag or count.
         max_pixels: inputs above this many pixels raise a ValueError (None: no limit).
     """
@@ -197,8 +199,9 @@ class Predictor:
     def __init__(self, model_or_name: nn.Module | str, *, weights: bool | str | Path | None = None,
                  device: str | torch.device | None = None, mode: str = "whole", crop: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-                 dtype: torch.dtype | None = None, test_scale: Sequence[int] | None = None, dataset: str | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 dtype: torch.dtype | None = None, test_scale: Sequence[int] | str | None = None,
+                 dataset: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 classes: ClassInfo | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if mode not in ("whole", "slide"):
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales or any(s <= 0 for s in scales):
@@ -212,10 +215,13 @@ class Predictor:
         cfg = self.model.config
         pre, guessed = self._preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
-        self.classes = get_class_info(self.dataset, cfg.num_classes)
-        self.mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.test_scale = tuple(int(s) for s in (test_scale or pre["test_scale"]))
+        self.classes = classes or get_class_info(self.dataset, cfg.num_classes)
+        self.mean = torch.tensor(mean or pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std or pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        if isinstance(test_scale, str) and test_scale != "original":
+            raise ValueError(f"test_scale must be (long, short), 'original' or None, got {test_scale!r}")
+        self.test_scale: tuple[int, ...] | None = None if test_scale == "original" else \
+            tuple(int(s) for s in (test_scale or pre["test_scale"]))
         crop = crop if crop is not None else pre["crop_size"]
         self.crop = (crop, crop) if isinstance(crop, int) else tuple(int(c) for c in crop)
         stride = stride if stride is not None else tuple(c * 2 // 3 for c in self.crop)
@@ -276,7 +282,8 @@ class Predictor:
         n = 0
         prior_ratio = 1.0 if 1.0 in self.scales else self.scales[0]
         for ratio in self.scales:
-            scale = [int(s * ratio) for s in self.test_scale]
+            bound = self.test_scale or (max(h, w), min(h, w))  # "original": a bound the image already fits
+            scale = [int(s * ratio) for s in bound]
             size = rescale_size(h, w, scale)
             # mmseg resizes the uint8 image (cv2 bilinear, no antialias), then normalises.
             xs = _resize(x, size).round().clamp(0, 255) if size != (h, w) else x

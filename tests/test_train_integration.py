@@ -13,6 +13,7 @@ from semask.cli import main
 from semask.data import folder
 from semask.hub import save_pretrained
 from semask.infer import MS_RATIOS, Predictor
+from semask.train import Trainer
 from semask.train.evaluate import EvalProtocol, evaluate, parse_size
 from semask.train.metrics import SegMetrics
 from tests._trainkit import TINY, one_thread, tiny_config, tiny_data  # noqa: F401
@@ -104,3 +105,22 @@ def test_standard_datasets_carry_the_palette_tables(tmp_path):
     info = ade20k(tmp_path, "validation").class_info
     assert info.names == DATASETS["ade20k"].names and info.label_offset == 1
     assert np.array_equal(info.palette, DATASETS["ade20k"].palette)
+
+
+def test_config_sets_the_periodic_evaluation_protocol(tmp_path):
+    root = tiny_data(tmp_path / "data", train=2, val=1, size=32)
+    config = tiny_config(root, tmp_path / "out", eval_mode="slide", eval_crop=[16, 24], eval_stride=8, eval_tta=True)
+    trainer = Trainer(config, model=semask.create_model("test_semask_swin_fpn", num_classes=5), progress=False)
+    assert trainer.eval_protocol == EvalProtocol(mode="slide", crop=[16, 24], stride=8, scales=MS_RATIOS, flip=True)
+    with pytest.raises(ValueError, match="whole.*slide"):
+        Trainer(tiny_config(root, tmp_path / "bad", eval_mode="tiles"), progress=False)
+
+
+def test_predictor_original_scale_and_overrides(setup):
+    model, dataset = setup
+    image = dataset.load(0)["image"]
+    p = Predictor(model, test_scale="original", mean=(0, 0, 0), std=(1, 1, 1), max_pixels=None)
+    assert p.test_scale is None and p.mean.flatten().tolist() == [0, 0, 0]
+    assert p(image).labels.shape == image.shape[:2]
+    with pytest.raises(ValueError, match="original"):
+        Predictor(model, test_scale="native")

@@ -14,8 +14,8 @@ from .datasets import (
 )
 from .loader import ResumableSampler, ShardSampler, TransformedDataset, collate
 from .synthetic import SYNTHETIC_CLASSES, write_synthetic_dataset
-from .transforms import eval_transforms, train_transforms
+from .transforms import train_transforms
 
 __all__ = ["CITYSCAPES_CLASSES", "DATASETS", "SYNTHETIC_CLASSES", "ResumableSampler", "SegmentationDataset",
            "ShardSampler", "TransformedDataset", "ade20k", "build_dataset", "cityscapes", "coco_stuff10k", "collate",
-           "eval_transforms", "folder", "read_class_list", "train_transforms", "write_synthetic_dataset"]
+           "folder", "read_class_list", "train_transforms", "write_synthetic_dataset"]

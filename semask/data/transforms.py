@@ -204,24 +204,3 @@ def train_transforms(*, crop_size: Sequence[int], scale: Sequence[int], ratios: 
         steps.append(PhotoMetricDistortion())
     steps += [Normalize(mean, std), Pad(crop_size)]
     return Compose(steps)
-
-
-def eval_transforms(*, scale: Sequence[int] | None, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> Compose:
-    """Test pipeline: keep-ratio resize of the image to `scale` (None: as is) and normalise; the label keeps its
-    original size (metrics are computed at the original resolution, as mmseg)."""
-    steps: list = []
-    if scale is not None:
-        steps.append(_ImageOnly(Resize(scale)))
-    steps.append(Normalize(mean, std))
-    return Compose(steps)
-
-
-class _ImageOnly:
-    def __init__(self, transform: Callable[[Sample, np.random.Generator], Sample]) -> None:
-        self.transform = transform
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        out = self.transform({"image": sample["image"]}, rng)
-        sample["image"] = out["image"]
-        return sample

@@ -63,7 +63,10 @@ class TrainConfig:
     norm_eval: bool = False  # keep BatchNorm statistics frozen (small batches)
     sync_bn: bool = True  # SyncBatchNorm in the head when distributed on CUDA
     eval_interval: int = 8000
-    eval_batch_size: int = 1
+    eval_mode: str = "whole"  # whole | slide (images are predicted one at a time, as mmseg)
+    eval_crop: int | tuple[int, int] | None = None  # slide window; default data.crop_size
+    eval_stride: int | tuple[int, int] | None = None  # default 2/3 of the window
+    eval_tta: bool = False  # multi-scale (0.5 .. 1.75) + flip, mmseg's --aug-test
     ckpt_interval: int = 8000
     keep_last: int = 3
     log_interval: int = 50

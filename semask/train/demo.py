@@ -13,7 +13,7 @@ import torch
 from ..data import SegmentationDataset, folder, write_synthetic_dataset
 from ..viz import save_prediction
 from .config import DataConfig, TrainConfig
-from .evaluate import EvalPredictor
+from .evaluate import eval_predictor
 from .metrics import format_table
 from .plots import comparison_strip
 
@@ -85,7 +85,7 @@ def _write_pictures(model: torch.nn.Module, dataset: SegmentationDataset, folder
     from PIL import Image
 
     d = cfg.data
-    predictor = EvalPredictor(model, test_scale=d.test_scale, crop_size=d.crop_size, mean=d.mean, std=d.std,
+    predictor = eval_predictor(model, test_scale=d.test_scale, crop_size=d.crop_size, mean=d.mean, std=d.std,
                               classes=dataset.class_info)
     rows = []
     for i in range(min(count, len(dataset))):

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -22,10 +21,10 @@ from torch.utils.data import DataLoader
 from ..data.datasets import SegmentationDataset
 from ..data.palettes import ClassInfo
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..infer import MS_RATIOS, Prediction, Predictor
+from ..infer import MS_RATIOS, Predictor
 from .metrics import IGNORE_INDEX, SegMetrics
 
-__all__ = ["MS_RATIOS", "EvalPredictor", "EvalProtocol", "evaluate", "parse_size"]
+__all__ = ["MS_RATIOS", "EvalProtocol", "eval_predictor", "evaluate", "parse_size"]
 
 
 @dataclass(frozen=True)
@@ -72,31 +71,16 @@ def parse_size(text: str | None) -> int | tuple[int, int] | None:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-class EvalPredictor:
+def eval_predictor(model: nn.Module, *, protocol: EvalProtocol = EvalProtocol(), test_scale: Sequence[int] | None,
+                   crop_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD, classes: ClassInfo | None = None,
+                   amp_dtype: torch.dtype | None = None) -> Predictor:
     """A `Predictor` with a training config's preprocessing (test scale, mean / std, crop) rather than the weights'
     manifest entry: a model is evaluated as it was trained. `test_scale=None` predicts at each image's own size."""
-
-    def __init__(self, model: nn.Module, *, protocol: EvalProtocol = EvalProtocol(),
-                 test_scale: Sequence[int] | None, crop_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, classes: ClassInfo | None = None,
-                 amp_dtype: torch.dtype | None = None) -> None:
-        crop = protocol.crop if protocol.crop is not None else tuple(int(c) for c in crop_size)
-        self.predictor = Predictor(model, mode=protocol.mode, crop=crop, stride=protocol.stride,
-                                   scales=protocol.scales, flip=protocol.flip, dtype=amp_dtype,
-                                   test_scale=test_scale, max_pixels=None)
-        self.test_scale = None if test_scale is None else tuple(int(s) for s in test_scale)
-        # The Predictor takes these from the weights' preprocessing (or the paper's defaults); the config wins here.
-        self.predictor.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.predictor.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        if classes is not None:
-            self.predictor.classes = classes
-
-    def __call__(self, image: np.ndarray) -> Prediction:
-        """[H, W, 3] uint8 RGB -> its `Prediction` (labels [H, W])."""
-        if self.test_scale is None:  # a keep-ratio bound equal to the image's own size: no resize
-            h, w = image.shape[:2]
-            self.predictor.test_scale = (max(h, w), min(h, w))
-        return self.predictor(image)
+    crop = protocol.crop if protocol.crop is not None else tuple(int(c) for c in crop_size)
+    return Predictor(model, mode=protocol.mode, crop=crop, stride=protocol.stride, scales=protocol.scales,
+                     flip=protocol.flip, dtype=amp_dtype, test_scale="original" if test_scale is None else test_scale,
+                     mean=mean, std=std, classes=classes, max_pixels=None)
 
 
 def _as_is(sample: dict) -> dict:
@@ -112,7 +96,7 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, *, protocol: EvalPr
     over processes when distributed). The model's train/eval mode is restored afterwards."""
     was_training = model.training
     device = next(model.parameters()).device
-    predictor = EvalPredictor(model, protocol=protocol, test_scale=test_scale, crop_size=crop_size, mean=mean,
+    predictor = eval_predictor(model, protocol=protocol, test_scale=test_scale, crop_size=crop_size, mean=mean,
                               std=std, classes=dataset.class_info, amp_dtype=amp_dtype)
     metrics = SegMetrics(dataset.num_classes, ignore_index=ignore_index, device=device)
     indices = list(indices) if indices is not None else range(len(dataset))

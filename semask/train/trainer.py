@@ -35,7 +35,7 @@ from ..data import (
 )
 from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
 from .config import TrainConfig
-from .evaluate import EvalProtocol, evaluate
+from .evaluate import MS_RATIOS, EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .metrics import format_table
 from .optim import build_optimizer, build_scheduler
@@ -60,7 +60,8 @@ class Trainer:
                  train_set: SegmentationDataset | None = None, val_set: SegmentationDataset | None = None,
                  callbacks: Sequence[Callable[[Trainer, dict], None]] = (), progress: bool = True,
                  eval_protocol: EvalProtocol | None = None) -> None:
-        """`eval_protocol`: how the periodic evaluation predicts (whole / slide, scales, flip); default whole."""
+        """`eval_protocol`: how the periodic evaluation predicts (whole / slide, scales, flip); default: the
+        config's `eval_mode`, `eval_crop`, `eval_stride`, `eval_tta`."""
         self.cfg = c = config
         if c.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {c.amp!r}")
@@ -78,7 +79,9 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.progress = progress and self.rank == 0
-        self.eval_protocol = eval_protocol or EvalProtocol()
+        self.eval_protocol = eval_protocol or EvalProtocol(
+            mode=c.eval_mode, crop=c.eval_crop, stride=c.eval_stride, scales=MS_RATIOS if c.eval_tta else (1.0,),
+            flip=c.eval_tta)
         torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
 
         d = c.data
