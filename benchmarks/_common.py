@@ -45,4 +45,10 @@ def timm_swin(size: str, img: int, device: str) -> torch.nn.Module:
     import timm
 
     name = {"tiny": "swin_tiny_patch4_window7_224", "large": "swin_large_patch4_window12_384"}[size]
-    return timm.create_model(name, pretrained=False, features_only=True, img_size=img).eval().to(device)
+    model = timm.create_model(name, pretrained=False, features_only=True, img_size=img).eval().to(device)
+    # timm's Swin leaves fused attention off by default (`use_fused_attn(experimental=True)`): turn it on, or the
+    # yardstick would be the -100-mask eager formula with its denormal slowdown.
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    return model

@@ -105,3 +105,16 @@ def test_cli_info_flops(capsys):
     assert math.isclose(sum(info["gmacs_by_op"].values()), info["gmacs"], rel_tol=1e-2)
     with pytest.raises(SystemExit):
         main(["info", "test_semask_swin_fpn", "--flops", "--size", "big"])
+
+
+def test_bf16_runs_on_every_attn_impl():
+    torch.manual_seed(0)
+    model = semask.create_model("test_semask_swin_fpn").eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 80, dtype=torch.bfloat16)
+    outs = {}
+    for impl in ("eager", "sdpa", "math"):
+        model.set_attn_impl(impl)
+        with torch.no_grad():
+            outs[impl] = model(x)["logits"].float()
+    for impl in ("sdpa", "math"):
+        torch.testing.assert_close(outs[impl], outs["eager"], atol=0.05, rtol=0.05)

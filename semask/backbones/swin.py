@@ -127,6 +127,7 @@ class WindowAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_bias().unsqueeze(0)
             if mask is not None:
                 nw = mask.shape[0]
+                mask = mask.to(attn.dtype)  # the -100 / 0 mask is built in fp32; exact in bf16/fp16 too
                 attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
                 attn = attn.view(-1, self.num_heads, n, n)
             x = attn.softmax(dim=-1) @ v
