@@ -1,4 +1,4 @@
-"""`semask` command line: list | info | convert | segment | publish | train | eval | demo."""
+"""`semask` command line: list | info | convert | export | segment | publish | train | eval | demo."""
 
 from __future__ import annotations
 
@@ -25,8 +25,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
     with torch.device("meta"):
         model = create_model(args.model)
     n = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"name": args.model, "params": n, "config": model.config.to_dict()}, indent=2))
+    info = {"name": args.model, "params": n, "config": model.config.to_dict()}
+    if args.flops:
+        from .flops import count_macs
+
+        h, w = args.size
+        macs = count_macs(model, (h, w))
+        info.update(input_size=[h, w], gmacs=round(macs["total"] / 1e9, 3),
+                    gmacs_by_op={k: round(v / 1e9, 3) for k, v in macs.items() if k != "total"})
+        print(f"{args.model}: {n / 1e6:.2f} M params, {macs['total'] / 1e9:.2f} GMACs at {h}x{w} "
+              "(multiply-accumulates; papers' 'FLOPs' usually count these)", file=sys.stderr)
+    print(json.dumps(info, indent=2))
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export import export_onnx, export_program
+    from .registry import create_model
+
+    model = create_model(args.model, pretrained=args.weights or False).eval()
+    size = tuple(args.size)
+    if args.format == "onnx":
+        path = export_onnx(model, args.out, example_size=size, opset=args.opset)
+    else:
+        path = args.out
+        torch.export.save(export_program(model, example_size=size), path)
+    print(f"exported {args.model} ({args.format}, dynamic H/W) -> {path}")
+    return 0
+
+
+def _size(text: str) -> list[int]:
+    parts = text.lower().replace("x", ",").split(",")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
+    return [int(parts[0]), int(parts[-1])]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -185,7 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="parameters and config of a model")
     p.add_argument("model", help="arch or arch.tag")
+    p.add_argument("--flops", action="store_true", help="count multiply-accumulates (torch.utils.flop_counter)")
+    p.add_argument("--size", type=_size, default=[512, 512], help="input size for --flops: N or HxW (512)")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="export to ONNX or a torch.export program (dynamic H/W)")
+    p.add_argument("model", help="arch or arch.tag")
+    p.add_argument("out", help="output file (.onnx or .pt2)")
+    p.add_argument("--format", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth (default: untrained)")
+    p.add_argument("--size", type=_size, default=[512, 512], help="example input traced: N or HxW (512); "
+                                                                  "the program accepts other sizes")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert an original mmseg checkpoint to model.safetensors + config.json")
     p.add_argument("checkpoint", help="original .pth file")

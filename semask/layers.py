@@ -8,14 +8,34 @@ import torch
 import torch.nn.functional as F
 
 
+def is_tracing() -> bool:
+    """True under torch.compile / torch.export / jit tracing / ONNX export: code paths then avoid Python-side caches
+    and branches on (possibly symbolic) sizes, so exported programs stay valid for every input size."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def pad_hw(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad a [B, H, W, C] grid on the right/bottom to multiples of `multiple` (the original Swin's rule)."""
     _, h, w, _ = x.shape
-    pad_r = (multiple - w % multiple) % multiple
-    pad_b = (multiple - h % multiple) % multiple
-    if pad_r or pad_b:
+    # ceil-div form rather than (m - w % m) % m: the same ints, but nested Mod/FloorDiv on symbolic sizes makes
+    # torch.export's shape reasoning (sympy) blow up over the stages.
+    pad_r = (w + multiple - 1) // multiple * multiple - w
+    pad_b = (h + multiple - 1) // multiple * multiple - h
+    if is_tracing() or pad_r or pad_b:  # traced: always pad (a zero pad is a no-op), no guard on the size
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x
+
+
+def crop_hw(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, Hp, Wp, C] -> [B, h, w, C], the top-left part (undoes `pad_hw`).
+
+    Traced, it gathers with `index_select`: a slice `x[:, :h]` makes torch.export guard on `h == Hp` (no padding
+    was needed for the example input), which would pin the exported program to inputs padded like the example.
+    """
+    if not is_tracing():
+        return x[:, :h, :w]
+    x = x.index_select(1, torch.arange(h, device=x.device))
+    return x.index_select(2, torch.arange(w, device=x.device))
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -15,9 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import pad_hw, window_partition, window_reverse
+from ..layers import crop_hw, pad_hw, window_partition, window_reverse
 
-ATTN_IMPLS = ("sdpa", "eager")
+# "eager": the original formulas (shift mask -100); "math": the same unfused formulas with a shift-mask value that
+# underflows to exact 0 (denormal-safe); "sdpa": fused `scaled_dot_product_attention` where it pays.
+ATTN_IMPLS = ("sdpa", "eager", "math")
 
 
 class SemanticAttention(nn.Module):
@@ -38,7 +40,8 @@ class SemanticAttention(nn.Module):
         q = self.mlp_cls_q(x)  # [B', N, K]: the semantic-prior map
         k = self.mlp_cls_k(x)  # [B', N, K]
         v = self.mlp_v(x)  # [B', N, C]
-        if self.attn_impl == "eager":
+        # On CPU the plain formula is 1.3-5x faster than SDPA here (q/k width K != v width C: no fused CPU kernel).
+        if self.attn_impl != "sdpa" or x.device.type == "cpu":
             y = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         else:
             # Single head, q/k width K, v width C, no scaling: scale=1.0 reproduces the original formula.
@@ -75,8 +78,8 @@ class SemanticLayer(nn.Module):
             q, tokens = blk(tokens)
         if self.window_size is None:
             return tokens.view(b, h, w, c), q.view(b, h, w, -1)
-        out = window_reverse(tokens, self.window_size, hp, wp)[:, :h, :w]
-        prior = window_reverse(q, self.window_size, hp, wp)[:, :h, :w]
+        out = crop_hw(window_reverse(tokens, self.window_size, hp, wp), h, w)
+        prior = crop_hw(window_reverse(q, self.window_size, hp, wp), h, w)
         return out, prior
 
 

@@ -18,10 +18,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import check_image_batch, drop_path_rates, pad_hw, window_partition, window_reverse
+from ..layers import check_image_batch, crop_hw, drop_path_rates, is_tracing, pad_hw, window_partition, window_reverse
 from .semantic_layer import SemanticAttention, SemanticLayer, build_semantic_layers
 
 MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
+# The fused/fast paths use a value whose exp() underflows to an exact 0 in fp32 (anything <= -104 does): exp(-100)
+# is a float32 denormal and a masked `softmax @ v` slows 2-9x on CPUs without flush-to-zero. The difference to the
+# original is below 1e-40 relative (masked weights exp(-100) ~ 4e-44 vs 0). -1e4 also fits fp16/bf16.
+FAST_MASK_VALUE = -1e4
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -33,8 +37,12 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """[nW, N, N] additive mask (0 / -100) for shifted windows of a padded hp x wp grid, as the original builds it."""
+def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device,
+               value: float = MASK_VALUE) -> torch.Tensor:
+    """[nW, N, N] additive mask (0 / `value`) for shifted windows of a padded hp x wp grid, as the original builds it.
+
+    Cached per (size, device, value): no per-call rebuilds. Traced code uses `shift_mask_traceable` instead.
+    """
     img = torch.zeros(1, hp, wp, 1, device=device)
     cnt = 0
     for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
@@ -43,7 +51,21 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) 
             cnt += 1
     win = window_partition(img, window).squeeze(-1)  # [nW, N]
     diff = win.unsqueeze(1) - win.unsqueeze(2)
-    return diff.masked_fill(diff != 0, MASK_VALUE).masked_fill(diff == 0, 0.0)
+    return diff.masked_fill(diff != 0, value).masked_fill(diff == 0, 0.0)
+
+
+def shift_mask_traceable(hp: int | torch.SymInt, wp: int | torch.SymInt, window: int, shift: int,
+                         device: torch.device, value: float = MASK_VALUE) -> torch.Tensor:
+    """The same mask as `shift_mask` from tensor ops only (no Python loop over slices, no cache), so torch.export /
+    ONNX programs rebuild it for any (symbolic) padded size."""
+    def region(n: int | torch.SymInt) -> torch.Tensor:  # 0 / 1 / 2 for slices [0, -w), [-w, -s), [-s, n)
+        ar = torch.arange(n, device=device)
+        return (ar >= n - window).to(torch.float32) + (ar >= n - shift).to(torch.float32)
+
+    img = (region(hp)[:, None] * 3 + region(wp)[None, :])[None, :, :, None]  # [1, hp, wp, 1]
+    win = window_partition(img, window).squeeze(-1)  # [nW, N]
+    diff = win.unsqueeze(1) - win.unsqueeze(2)
+    return torch.where(diff != 0, torch.full_like(diff, value), torch.zeros_like(diff))
 
 
 class WindowAttention(nn.Module):
@@ -59,7 +81,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.attn_impl = attn_impl
-        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._bias_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
 
     def relative_bias(self) -> torch.Tensor:
         """[nH, N, N] relative-position bias."""
@@ -68,20 +90,32 @@ class WindowAttention(nn.Module):
         return bias.view(n, n, -1).permute(2, 0, 1)
 
     def combined_bias(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """[nW or 1, nH, N, N] bias + shift mask, built once per (mask, dtype) and reused while weights are fixed."""
+        """[nW or 1, nH, N, N] bias + shift mask, built once per (mask, dtype) and reused while weights are fixed.
+
+        Not cached while the table takes gradients, nor under torch.compile / export / tracing (the cache is a Python
+        dict keyed by `data_ptr`, which a traced program must not bake in). On CUDA the last dim is padded to a
+        multiple of 8 in storage (a sliced view is returned): the memory-efficient SDPA kernel, the only fused CUDA
+        kernel that takes a learnable bias, otherwise copies the bias on every call.
+        """
         table = self.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
-        key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype, table._version)
-        if cacheable and key in self._bias_cache:
-            return self._bias_cache[key]
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
+        key = None
+        if cacheable:
+            key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype, table._version)
+            if key in self._bias_cache:
+                return self._bias_cache[key][1]
         bias = self.relative_bias().unsqueeze(0)
         if mask is not None:
             bias = bias + mask.unsqueeze(1)
-        bias = bias.to(dtype).contiguous()
+        n = bias.shape[-1]
+        if bias.is_cuda and n % 8:
+            bias = F.pad(bias.to(dtype), (0, 8 - n % 8))[..., :n]
+        else:
+            bias = bias.to(dtype).contiguous()
         if cacheable:
             if len(self._bias_cache) >= 16:  # many input sizes: keep the cache bounded
                 self._bias_cache.clear()
-            self._bias_cache[key] = bias
+            self._bias_cache[key] = (mask, bias)  # holding the mask keeps its data_ptr from being reused
         return bias
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,6 +127,7 @@ class WindowAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_bias().unsqueeze(0)
             if mask is not None:
                 nw = mask.shape[0]
+                mask = mask.to(attn.dtype)  # the -100 / 0 mask is built in fp32; exact in bf16/fp16 too
                 attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
                 attn = attn.view(-1, self.num_heads, n, n)
             x = attn.softmax(dim=-1) @ v
@@ -101,8 +136,14 @@ class WindowAttention(nn.Module):
             nw = bias.shape[0]
             # Fold windows into the head dimension so one [1, nW*nH, N, N] bias broadcasts over the batch.
             q, k, v = (t.reshape(bw // nw, nw * self.num_heads, n, -1) for t in (q, k, v))
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, -1, n, n), scale=self.scale)
-            x = x.view(bw, self.num_heads, n, -1)
+            bias = bias.view(1, -1, n, n)
+            # CPU training: SDPA's CPU flash kernel refuses a bias that requires grad and the math kernel it falls
+            # back to is slower than the plain formula (benchmarks/RESULTS.md), so use the formula there.
+            if self.attn_impl == "math" or (bias.requires_grad and x.device.type == "cpu"):
+                x = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1) @ v
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            x = x.reshape(bw, self.num_heads, n, -1)
         return self.proj(x.transpose(1, 2).reshape(bw, n, c))
 
 
@@ -129,12 +170,14 @@ class SwinBlock(nn.Module):
         mask = None
         if s:
             y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
-            mask = shift_mask(hp, wp, ws, s, y.device)
+            # The eager path keeps the original -100; the others use a value that underflows to exact 0.
+            value = MASK_VALUE if self.attn.attn_impl == "eager" else FAST_MASK_VALUE
+            mask = (shift_mask_traceable if is_tracing() else shift_mask)(hp, wp, ws, s, y.device, value)
         y = self.attn(window_partition(y, ws), mask)  # [B * nW, ws * ws, C]
         y = window_reverse(y, ws, hp, wp)
         if s:
             y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        x = x + self.drop_path(y[:, :h, :w])
+        x = x + self.drop_path(crop_hw(y, h, w))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -149,8 +192,8 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]."""
         _, h, w, _ = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        if is_tracing() or h % 2 or w % 2:  # traced: always pad (no guard on symbolic sizes)
+            x = F.pad(x, (0, 0, 0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h))  # ceil-div form: see pad_hw
         # The original's order: [0::2, 0::2], [1::2, 0::2], [0::2, 1::2], [1::2, 1::2].
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
@@ -169,8 +212,8 @@ class PatchEmbed(nn.Module):
         """x [B, C_in, H, W] -> [B, ceil(H/p), ceil(W/p), C]."""
         p = self.patch_size
         h, w = x.shape[-2:]
-        if h % p or w % p:
-            x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        if is_tracing() or h % p or w % p:  # traced: always pad (no guard on symbolic sizes)
+            x = F.pad(x, (0, (w + p - 1) // p * p - w, 0, (h + p - 1) // p * p - h))  # ceil-div form: see pad_hw
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import is_tracing
+
 
 def _up2(x: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     """Bilinear ×2, by output size as mmseg's `Upsample` does."""
@@ -20,7 +22,8 @@ def _up2(x: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
+    # Traced: always resize (bilinear to the same size is an exact identity), so no guard on symbolic sizes.
+    if not is_tracing() and tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 

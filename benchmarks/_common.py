@@ -1,0 +1,54 @@
+"""Shared helpers: alternating-variant timing with medians, the fp32 matmul MAC-rate yardstick, device sync."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_alternating(variants: dict[str, Callable[[], object]], *, repeats: int, device: str,
+                     warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, run in turn (A B C A B C ...) so load drifts hit all alike."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_macs_per_s(device: str, *, n: int = 2048, repeats: int = 5) -> float:
+    """MAC/s of a large fp32 matrix product on `device` (the efficiency yardstick)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t = time_alternating({"mm": lambda: a @ b}, repeats=repeats, device=device)["mm"]
+    return n ** 3 / t
+
+
+def timm_swin(size: str, img: int, device: str) -> torch.nn.Module:
+    """timm's Swin with fused attention, `features_only` (the yardstick backbone), at input size `img`."""
+    import timm
+
+    name = {"tiny": "swin_tiny_patch4_window7_224", "large": "swin_large_patch4_window12_384"}[size]
+    model = timm.create_model(name, pretrained=False, features_only=True, img_size=img).eval().to(device)
+    # timm's Swin leaves fused attention off by default (`use_fused_attn(experimental=True)`): turn it on, or the
+    # yardstick would be the -100-mask eager formula with its denormal slowdown.
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    return model

@@ -1,0 +1,98 @@
+"""Whole-model and backbone inference: ours fused (sdpa) vs ours eager (the original formula) vs timm's fused
+Swin `features_only` backbone, at the same input size in one process; efficiency; bf16; torch.compile.
+
+    python benchmarks/bench_model.py [--device cuda] [--models tiny:512,large:640] [--repeats 5] [--compile]
+
+Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import matmul_macs_per_s, time_alternating, timm_swin
+
+import semask
+from semask.flops import count_macs
+
+
+def bench(size: str, img: int, args: argparse.Namespace) -> None:
+    dev = args.device
+    torch.manual_seed(0)
+    model = semask.create_model(f"semask_swin_{size}_fpn").eval().to(dev)
+    timm_bb = timm_swin(size, img, dev)
+    x = torch.randn(1, 3, img, img, device=dev)
+
+    def ours(impl: str, part: str):
+        def run() -> None:
+            model.set_attn_impl(impl)
+            (model if part == "model" else model.backbone)(x)
+        return run
+
+    variants = {"model_sdpa": ours("sdpa", "model"), "model_eager": ours("eager", "model"),
+                "backbone_sdpa": ours("sdpa", "backbone"), "backbone_eager": ours("eager", "backbone"),
+                "timm": lambda: timm_bb(x)}
+    with torch.inference_mode():
+        t = time_alternating(variants, repeats=args.repeats, device=dev)
+    model.set_attn_impl("sdpa")
+    macs = count_macs(model, (img, img))["total"]
+    rate = matmul_macs_per_s(dev)
+    print(f"\nSeMask-{size[0].upper()} FPN {img}^2 fp32 batch 1 on {dev} ({torch.get_num_threads()} threads), "
+          f"median of {args.repeats}, alternated:")
+    for k, v in t.items():
+        print(f"  {k:<15} {v * 1e3:9.1f} ms   {v / t['timm']:5.2f}x timm-Swin-{size[0].upper()}")
+    print(f"  fused vs eager: whole model {t['model_eager'] / t['model_sdpa']:.2f}x, "
+          f"backbone {t['backbone_eager'] / t['backbone_sdpa']:.2f}x faster")
+    eff = macs / t["model_sdpa"] / rate
+    print(f"  {macs / 1e9:.1f} GMAC; fp32 matmul {rate / 1e9:.1f} GMAC/s; efficiency {eff:.2f}")
+
+    if args.bf16:
+        mb = semask.create_model(f"semask_swin_{size}_fpn").eval().to(dev, torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+
+        def runb(impl: str):
+            def run() -> None:
+                mb.set_attn_impl(impl)
+                mb(xb)
+            return run
+
+        with torch.inference_mode():
+            tb = time_alternating({"sdpa": runb("sdpa"), "eager": runb("eager")}, repeats=args.repeats, device=dev)
+        print(f"  bf16: sdpa {tb['sdpa'] * 1e3:.1f} ms, eager {tb['eager'] * 1e3:.1f} ms, fused "
+              f"{tb['eager'] / tb['sdpa']:.2f}x; bf16 sdpa vs fp32 sdpa {t['model_sdpa'] / tb['sdpa']:.2f}x")
+        if dev.startswith("cuda"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+                try:
+                    with sdpa_kernel([backend]), torch.inference_mode():
+                        mb(xb)
+                    print(f"  window attention runs on {backend.name}")
+                except RuntimeError as err:
+                    print(f"  {backend.name}: not usable ({str(err).splitlines()[0][:80]})")
+
+    if args.compile:
+        compiled = torch.compile(model.backbone)
+        with torch.inference_mode():
+            compiled(x)  # compile outside the timing
+            tc = time_alternating({"eager_mode": lambda: model.backbone(x), "compiled": lambda: compiled(x)},
+                                  repeats=args.repeats, device=dev)
+        print(f"  torch.compile backbone: {tc['eager_mode'] / tc['compiled']:.2f}x "
+              f"({tc['eager_mode'] * 1e3:.1f} -> {tc['compiled'] * 1e3:.1f} ms)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="tiny:512,large:640", help="size:img,... (tiny, large)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+    for item in args.models.split(","):
+        size, img = item.split(":")
+        bench(size, int(img), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Deployment: torch.export and ONNX programs with dynamic H/W reproduce PyTorch at sizes not seen at export;
+the backbone compiles with fullgraph=True (no graph breaks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import semask
+from semask.cli import main
+from semask.export import export_program, min_input_size
+
+EXAMPLE = (256, 320)  # traced size; the checks below use other sizes
+SIZES = [(240, 300), (333, 250)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = semask.create_model("test_semask_swin_fpn").eval()
+    for mod in m.modules():  # non-zero gamma: the semantic attention must matter for the comparison
+        if hasattr(mod, "gamma"):
+            torch.nn.init.constant_(mod.gamma, 0.5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def program(model):
+    return export_program(model, example_size=EXAMPLE)
+
+
+def _reference(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return [out["logits"], out["prior_logits"]]
+
+
+def test_torch_export_dynamic_shapes(model, program):
+    attn = model.backbone.layers[0].blocks[1].attn
+    assert not attn._bias_cache  # traced through the cache-free path
+    assert min_input_size(model) == 225
+    for size in SIZES:
+        x = torch.randn(1, 3, *size)
+        got = program.module()(x)
+        assert got[0].shape == (1, 5, *size)
+        for a, b in zip(got, _reference(model, x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_onnx_export_with_onnxruntime(model, program, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
+    path = tmp_path / "model.onnx"
+    import onnx
+
+    from semask.export import export_onnx
+
+    export_onnx(program, path)
+
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "prior_logits"]
+    for size in SIZES:
+        x = torch.randn(1, 3, *size)
+        got = session.run(None, {"images": x.numpy()})
+        for a, b in zip(got, _reference(model, x), strict=True):
+            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)
+
+
+def test_compile_fullgraph_backbone_has_no_graph_breaks(model):
+    # backend="eager" runs Dynamo's graph capture (where breaks would raise) without the slow Inductor codegen.
+    compiled = torch.compile(model.backbone, fullgraph=True, backend="eager", dynamic=False)
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        feats, priors = compiled(x)
+        ref_feats, ref_priors = model.backbone(x)
+    for a, b in zip(feats + priors, ref_feats + ref_priors, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_cli_export_rejects_unknown_format(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["export", "test_semask_swin_fpn", str(tmp_path / "m.x"), "--format", "tflite"])

@@ -1,0 +1,120 @@
+"""Fast attention paths stay within 1e-5 of the original formula; FLOP counting; `semask info --flops`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import semask
+from semask.backbones.swin import FAST_MASK_VALUE, MASK_VALUE, shift_mask, shift_mask_traceable
+from semask.cli import main
+from semask.flops import count_macs
+
+FIXTURE = "tests/fixtures/semask_fpn_tiny_w7"
+
+
+@pytest.fixture(scope="module")
+def original():
+    return semask.load_original(f"{FIXTURE}.pth").eval()
+
+
+@pytest.mark.parametrize("case", ["sq", "nsq"])
+def test_every_attn_impl_matches_the_original_outputs(original, case):
+    f = load_file(f"{FIXTURE}__{case}.safetensors")
+    outs = {}
+    for impl in ("eager", "sdpa", "math"):
+        original.set_attn_impl(impl)
+        with torch.no_grad():
+            outs[impl] = original(f["input"])["logits"]
+        torch.testing.assert_close(outs[impl], f["seg_logits_up"], atol=1e-4, rtol=0)
+    original.set_attn_impl("sdpa")
+    assert torch.equal(outs["eager"], outs["math"]) or (outs["eager"] - outs["math"]).abs().max() < 1e-5
+    assert (outs["eager"] - outs["sdpa"]).abs().max() < 1e-5
+
+
+def test_eager_path_keeps_the_original_mask_and_fast_paths_underflow():
+    assert MASK_VALUE == -100.0
+    assert torch.exp(torch.tensor(MASK_VALUE)) > 0  # the original's denormal weights
+    assert torch.exp(torch.tensor(FAST_MASK_VALUE)) == 0
+    assert torch.exp(torch.tensor(FAST_MASK_VALUE, dtype=torch.bfloat16)) == 0
+    m = shift_mask(14, 21, 7, 3, torch.device("cpu"))
+    assert set(m.unique().tolist()) == {0.0, -100.0}
+
+
+@pytest.mark.parametrize("hp,wp,window,shift", [(14, 21, 7, 3), (7, 7, 7, 3), (24, 36, 12, 6), (8, 12, 4, 2)])
+def test_traceable_shift_mask_equals_the_original_construction(hp, wp, window, shift):
+    dev = torch.device("cpu")
+    for value in (MASK_VALUE, FAST_MASK_VALUE):
+        assert torch.equal(shift_mask(hp, wp, window, shift, dev, value),
+                           shift_mask_traceable(hp, wp, window, shift, dev, value))
+
+
+def test_training_gradients_of_fast_path_match_eager():
+    torch.manual_seed(0)
+    model = semask.create_model("test_semask_swin_fpn", drop_path_rate=0.0, decoder_dropout=0.0).eval()
+    for m in model.modules():  # non-zero gamma so the semantic attention contributes to the gradients
+        if hasattr(m, "gamma"):
+            torch.nn.init.constant_(m.gamma, 0.5)
+    x = torch.randn(1, 3, 75, 61)
+    grads = {}
+    for impl in ("eager", "sdpa", "math"):
+        model.set_attn_impl(impl)
+        model.zero_grad()
+        out = model(x)
+        (out["logits"].square().mean() + out["prior_logits"].mean()).backward()
+        grads[impl] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    table = "backbone.layers.0.blocks.1.attn.relative_position_bias_table"
+    assert grads["eager"][table].abs().sum() > 0
+    for impl in ("sdpa", "math"):
+        for name, g in grads["eager"].items():
+            torch.testing.assert_close(grads[impl][name], g, atol=1e-5, rtol=1e-4, msg=f"{impl} {name}")
+
+
+def test_bias_cache_is_reused_in_inference_and_skipped_with_grad():
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    attn = model.backbone.layers[0].blocks[1].attn
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        cached = dict(attn._bias_cache)
+        model(x)
+    assert len(cached) == 1 and attn._bias_cache.keys() == cached.keys()
+    attn._bias_cache.clear()
+    model(x)  # grad enabled and the table requires grad: rebuilt every call, never cached
+    assert not attn._bias_cache
+
+
+def test_flop_count_of_semask_tiny_matches_the_paper():
+    with torch.device("meta"):
+        model = semask.create_model("semask_swin_tiny_fpn")
+    macs = count_macs(model, (512, 512))
+    # Paper (Table 1, Semantic-FPN on ADE20K): SeMask-T 35 M params, ~40 GFLOPs (MACs) at 512x512.
+    assert math.isclose(macs["total"] / 1e9, 40.0, rel_tol=0.06)
+    assert macs["convolution"] > 0 and macs["addmm"] > macs["bmm"] > 0
+    assert math.isclose(sum(p.numel() for p in model.parameters()) / 1e6, 35.0, rel_tol=0.03)
+
+
+def test_cli_info_flops(capsys):
+    assert main(["info", "test_semask_swin_fpn", "--flops", "--size", "64x96"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input_size"] == [64, 96] and info["gmacs"] > 0
+    assert math.isclose(sum(info["gmacs_by_op"].values()), info["gmacs"], rel_tol=1e-2)
+    with pytest.raises(SystemExit):
+        main(["info", "test_semask_swin_fpn", "--flops", "--size", "big"])
+
+
+def test_bf16_runs_on_every_attn_impl():
+    torch.manual_seed(0)
+    model = semask.create_model("test_semask_swin_fpn").eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 64, 80, dtype=torch.bfloat16)
+    outs = {}
+    for impl in ("eager", "sdpa", "math"):
+        model.set_attn_impl(impl)
+        with torch.no_grad():
+            outs[impl] = model(x)["logits"].float()
+    for impl in ("sdpa", "math"):
+        torch.testing.assert_close(outs[impl], outs["eager"], atol=0.05, rtol=0.05)
