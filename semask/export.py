@@ -34,7 +34,7 @@ def min_input_size(model: nn.Module) -> int:
     """Smallest H/W an exported program accepts: every stage (stride 32 at the last) must have more than one
     window, since the tracer specialises size-1 window counts (eager PyTorch has no such limit)."""
     cfg = model.config
-    return 32 * max(cfg.window_size, cfg.sem_window_size or 0) + 1
+    return 32 * max(cfg.window_size or 0, cfg.sem_window_size or 0, 1) + 1  # MiT: no attention window
 
 
 def _dims(min_size: int, max_size: int) -> tuple[dict[int, Dim], ...]:
