@@ -118,3 +118,19 @@ def test_bf16_runs_on_every_attn_impl():
             outs[impl] = model(x)["logits"].float()
     for impl in ("sdpa", "math"):
         torch.testing.assert_close(outs[impl], outs["eager"], atol=0.05, rtol=0.05)
+
+
+# Table 2 of the paper (Semantic-FPN; "FLOPs (G)" from mmcv's counter = MACs without attention products).
+PAPER_GFLOPS = [("semask_swin_tiny_fpn.ade20k", 512, 40), ("semask_swin_small_fpn.ade20k", 512, 63),
+                ("semask_swin_base_fpn.ade20k", 512, 107), ("semask_swin_large_fpn.ade20k", 640, 356),
+                ("swin_tiny_fpn.ade20k", 512, 38), ("swin_large_fpn.ade20k", 640, 343),
+                ("semask_swin_tiny_fpn.cityscapes", 768, 84), ("semask_swin_large_fpn.cityscapes", 768, 455)]
+
+
+@pytest.mark.parametrize("name, size, gflops", PAPER_GFLOPS)
+def test_flop_counts_match_the_paper_table(name: str, size: int, gflops: float) -> None:
+    with torch.device("meta"):
+        model = semask.create_model(name)
+    macs = count_macs(model, (size, size))
+    assert math.isclose(macs["mmcv"] / 1e9, gflops, rel_tol=0.015), (name, macs["mmcv"] / 1e9)
+    assert macs["total"] > macs["mmcv"]  # attention products are real work, counted in "total"
