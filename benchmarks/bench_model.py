@@ -3,7 +3,8 @@ Swin `features_only` backbone, at the same input size in one process; efficiency
 
     python benchmarks/bench_model.py [--device cuda] [--models tiny:512,large:640] [--repeats 5] [--compile]
 
-Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul measured in the same run).
+Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
+the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import matmul_macs_per_s, time_alternating, timm_swin
+from _common import time_alternating, timm_swin
 
 import semask
 from semask.flops import count_macs
@@ -30,14 +31,17 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
             (model if part == "model" else model.backbone)(x)
         return run
 
+    n = 2048
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     variants = {"model_sdpa": ours("sdpa", "model"), "model_eager": ours("eager", "model"),
                 "backbone_sdpa": ours("sdpa", "backbone"), "backbone_eager": ours("eager", "backbone"),
-                "timm": lambda: timm_bb(x)}
+                "timm": lambda: timm_bb(x), "matmul": lambda: [a @ b for _ in range(4)]}
     with torch.inference_mode():
         t = time_alternating(variants, repeats=args.repeats, device=dev)
     model.set_attn_impl("sdpa")
     macs = count_macs(model, (img, img))["total"]
-    rate = matmul_macs_per_s(dev)
+    timm_macs = count_macs(timm_bb, (img, img))["total"]
+    rate = 4 * n ** 3 / t.pop("matmul")
     print(f"\nSeMask-{size[0].upper()} FPN {img}^2 fp32 batch 1 on {dev} ({torch.get_num_threads()} threads), "
           f"median of {args.repeats}, alternated:")
     for k, v in t.items():
@@ -45,7 +49,14 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
     print(f"  fused vs eager: whole model {t['model_eager'] / t['model_sdpa']:.2f}x, "
           f"backbone {t['backbone_eager'] / t['backbone_sdpa']:.2f}x faster")
     eff = macs / t["model_sdpa"] / rate
-    print(f"  {macs / 1e9:.1f} GMAC; fp32 matmul {rate / 1e9:.1f} GMAC/s; efficiency {eff:.2f}")
+    print(f"  {macs / 1e9:.1f} GMAC; fp32 matmul {rate / 1e9:.1f} GMAC/s; efficiency {eff:.2f} "
+          f"(timm's backbone: {timm_macs / 1e9:.1f} GMAC, efficiency {timm_macs / t['timm'] / rate:.2f})")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                model(x)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=40))
 
     if args.bf16:
         mb = semask.create_model(f"semask_swin_{size}_fpn").eval().to(dev, torch.bfloat16)
@@ -88,6 +99,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     for item in args.models.split(","):
         size, img = item.split(":")

@@ -1,5 +1,17 @@
 """Training step (forward + backward, batch 2, 512^2) time and peak memory: ours, ours with gradient
-checkpointing, timm's Swin-T `features_only` (sum of features as the loss), and ours with attn_impl="eager".
+checkpointing, timm's Swin-T `features_only` (fused attention on; mean of features as the loss), and ours with
+attn_impl="eager".
+
+Ours is the trainer's step: `model(x, upsample=False)` (stride-4 logits and priors) + `SeMaskLoss` against random
+labels (150 classes, ~5 % ignored); `ours_plain_loss` is the earlier step, full-resolution outputs and the plain
+autograd CE (`SeMaskLoss(memory_efficient=False)`), to show what the memory-efficient loss buys;
+`ours_ckpt` is `model.set_grad_checkpointing(True)` (the Swin blocks), `ours_ckpt_head` also checkpoints the FPN
+head (`model.decode_head.grad_checkpointing = True`).
+
+CPU memory is reported twice: with glibc's default malloc (what a user sees; freed heap memory is often kept, so
+the figure depends on the allocation history) and with MALLOC_MMAP_THRESHOLD_=65536 (every allocation >= 64 KiB
+is its own mapping, returned on free: RSS then tracks the bytes of live tensors, like CUDA's
+max_memory_allocated).
 
 Memory: each variant runs ONE step in a fresh subprocess; CPU peak = resource.getrusage ru_maxrss minus the RSS
 after building the model and the batch (so weights are excluded, activations + grads counted); CUDA peak =
@@ -13,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,23 +34,37 @@ import torch
 from _common import time_alternating, timm_swin
 
 import semask
+from semask.train import SeMaskLoss
 
-VARIANTS = ("ours", "ours_ckpt", "ours_eager", "timm")
+VARIANTS = ("ours", "ours_ckpt", "ours_ckpt_head", "ours_plain_loss", "ours_eager", "timm")
+
+
+def labels_for(x: torch.Tensor, num_classes: int = 150) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, num_classes, (x.shape[0], *x.shape[-2:]), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.05] = 255
+    return labels.to(x.device)
 
 
 def build(variant: str, size: int, device: str):
     torch.manual_seed(0)
     if variant == "timm":
         model = timm_swin("tiny", size, device).train()
-    else:
-        model = semask.create_model("semask_swin_tiny_fpn", attn_impl="eager" if variant == "ours_eager"
-                                    else "sdpa").train().to(device)
-        model.set_grad_checkpointing(variant == "ours_ckpt")
 
-    def step(x: torch.Tensor) -> None:
-        out = model(x)
-        loss = sum(o.float().mean() for o in (out.values() if isinstance(out, dict) else out))
-        loss.backward()
+        def step(x: torch.Tensor, labels: torch.Tensor) -> None:
+            sum(o.mean() for o in model(x)).backward()
+            model.zero_grad(set_to_none=True)
+        return step
+
+    model = semask.create_model("semask_swin_tiny_fpn", attn_impl="eager" if variant == "ours_eager"
+                                else "sdpa").train().to(device)
+    model.set_grad_checkpointing(variant.startswith("ours_ckpt"))
+    model.decode_head.grad_checkpointing = variant == "ours_ckpt_head"
+    plain = variant == "ours_plain_loss"
+    criterion = SeMaskLoss(memory_efficient=not plain)
+
+    def step(x: torch.Tensor, labels: torch.Tensor) -> None:  # noqa: F811
+        criterion(model(x, upsample=plain), labels)["loss"].backward()
         model.zero_grad(set_to_none=True)
     return step
 
@@ -50,16 +77,17 @@ def _rss_kib() -> int:
 def child(variant: str, size: int, batch: int, device: str) -> None:
     step = build(variant, size, device)
     x = torch.randn(batch, 3, size, size, device=device)
+    labels = labels_for(x)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        step(x)
+        step(x, labels)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _rss_kib() * 1024
-        step(x)
+        step(x, labels)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     print(json.dumps({"peak_bytes": peak}))
 
@@ -70,28 +98,52 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory", default=",".join(VARIANTS), help="variants whose peak memory is measured")
+    ap.add_argument("--time", default="ours,ours_ckpt,ours_plain_loss,timm",
+                    help="variants timed (alternated); empty: none")
     ap.add_argument("--child", choices=VARIANTS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.size, args.batch, args.device)
+    args.memory = [v for v in args.memory.split(",") if v]
+    args.time = [v for v in args.time.split(",") if v]
 
-    mem = {}
-    for v in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--child", v, "--size", str(args.size), "--batch",
-                              str(args.batch), "--device", args.device], capture_output=True, text=True, check=True)
-        mem[v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-    steps = {v: build(v, args.size, args.device) for v in VARIANTS}
-    t = time_alternating({v: (lambda s=s: s(x)) for v, s in steps.items()}, repeats=args.repeats,
-                         device=args.device)
+    cpu = not args.device.startswith("cuda")
+    allocators = {"default malloc": {}, "live (mmap >= 64 KiB)": {"MALLOC_MMAP_THRESHOLD_": "65536"}} if cpu \
+        else {"max_memory_allocated": {}}
+    mem: dict[str, dict[str, int]] = {}
+    for kind, env in allocators.items():
+        mem[kind] = {}
+        for v in args.memory:
+            out = subprocess.run([sys.executable, __file__, "--child", v, "--size", str(args.size), "--batch",
+                                  str(args.batch), "--device", args.device], capture_output=True, text=True,
+                                 check=True, env={**os.environ, **env})
+            mem[kind][v] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    t = {}
+    if args.time:
+        x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+        labels = labels_for(x)
+        steps = {v: build(v, args.size, args.device) for v in args.time}
+        t = time_alternating({v: (lambda s=s: s(x, labels)) for v, s in steps.items()}, repeats=args.repeats,
+                             device=args.device)
     print(f"train step, batch {args.batch}, {args.size}^2, fp32, {args.device} ({torch.get_num_threads()} threads); "
           f"time: median of {args.repeats} alternated; memory: one step per fresh subprocess "
-          f"({'max_memory_allocated' if args.device.startswith('cuda') else 'ru_maxrss - RSS before the step'})")
-    for v in VARIANTS:
-        print(f"  {v:<11} {t[v] * 1e3:8.0f} ms ({t[v] / t['timm']:.2f}x timm)   peak {mem[v] / 2**20:7.0f} MiB "
-              f"({mem[v] / mem['timm']:.2f}x timm)")
-    print(f"  gradient checkpointing: {mem['ours_ckpt'] / mem['ours']:.2f}x the memory, "
-          f"{t['ours_ckpt'] / t['ours']:.2f}x the time of ours without")
+          f"({'ru_maxrss - RSS before the step' if cpu else 'max_memory_allocated'})")
+    if t:
+        for v, sec in t.items():
+            print(f"  time {v:<18} {sec * 1e3:8.0f} ms" + (f" ({sec / t['timm']:.2f}x timm)" if "timm" in t else ""))
+        if "ours" in t:
+            for v in ("ours_ckpt", "ours_ckpt_head", "ours_plain_loss"):
+                if v in t:
+                    print(f"  time {v} / ours: {t[v] / t['ours']:.2f}x")
+    for kind, m in mem.items():
+        print(f"  peak memory, {kind}:")
+        for v, b in m.items():
+            print(f"    {v:<18} {b / 2**20:7.0f} MiB" + (f" ({b / m['timm']:.2f}x timm)" if "timm" in m else ""))
+        if "ours" in m:
+            for v in ("ours_ckpt", "ours_ckpt_head", "ours_plain_loss"):
+                if v in m:
+                    print(f"    {v} / ours: {m[v] / m['ours']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ class Trainer:
         ctx = self.model.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.model(images)
+                out = self.model(images, upsample=False)  # stride 4: the loss resizes chunk by chunk
             losses = self.criterion({k: v.float() for k, v in out.items()}, labels)
             self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
         return {k: float(v.detach()) for k, v in losses.items()}
