@@ -21,6 +21,7 @@ import torch
 from ..backbones.swin import relative_position_index
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
+from .common import fail_on_unmapped
 
 StateDict = dict[str, torch.Tensor]
 W, G = "window", "global"
@@ -146,9 +147,7 @@ def d2_to_semask(sd: Mapping[str, torch.Tensor], model: Segmentor) -> StateDict:
         else:
             leftover.append(k)
     missing = sorted(set(own) - set(out))
-    if leftover or missing:
-        raise KeyError(f"checkpoint does not map onto {model.config.arch}: unmapped checkpoint keys {leftover[:20]} "
-                       f"({len(leftover)}); missing model keys {missing[:20]} ({len(missing)})")
+    fail_on_unmapped(f"detectron2 checkpoint -> {model.config.arch}", leftover, missing)
     return out
 
 

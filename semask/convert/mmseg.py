@@ -19,6 +19,7 @@ import torch
 
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
+from .common import fail_on_unmapped
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -154,10 +155,7 @@ def mmseg_to_semask(sd: StateDict, model: Segmentor) -> StateDict:
         else:
             leftover.append(k)
     missing = sorted(set(own) - set(out))
-    if leftover or missing:
-        raise KeyError(f"checkpoint does not map onto {model.config.arch}: unmapped checkpoint keys {leftover[:20]}"
-                       f"{' ...' if len(leftover) > 20 else ''} ({len(leftover)}); missing model keys {missing[:20]}"
-                       f"{' ...' if len(missing) > 20 else ''} ({len(missing)})")
+    fail_on_unmapped(f"mmseg checkpoint -> {model.config.arch}", leftover, missing)
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
+from .common import fail_on_unmapped
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -105,10 +106,7 @@ def segformer_hf_to_semask(state_dict: Mapping[str, torch.Tensor], config: Model
     needed = [k for k in own if ".semantic_layer." not in k and (has_head or not k.startswith("decode_head."))
               and not k.startswith(allow_missing)]
     missing = sorted(set(needed) - set(out))
-    if leftover or missing:
-        raise KeyError(f"SegFormer checkpoint does not map onto {config.arch}: unmapped checkpoint keys "
-                       f"{leftover[:20]}{' ...' if len(leftover) > 20 else ''} ({len(leftover)}); missing model keys "
-                       f"{missing[:20]}{' ...' if len(missing) > 20 else ''} ({len(missing)})")
+    fail_on_unmapped(f"SegFormer checkpoint -> {config.arch}", leftover, missing)
     return out
 
 

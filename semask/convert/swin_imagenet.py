@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .common import fail_on_unmapped
 from .mmseg import StateDict, read_checkpoint, unwrap_state_dict
 
 _log = logging.getLogger(__name__)
@@ -66,10 +67,8 @@ def imagenet_swin_to_semask(sd: Mapping[str, Any], backbone: nn.Module) -> State
                              "is this checkpoint for a different Swin size?")
         out[key] = value.to(own[key].dtype)
     missing = sorted(k for k in set(own) - set(out) if not _OWN_INIT.search(k))
-    if leftover or missing:
-        raise KeyError(f"ImageNet Swin checkpoint ({'timm' if timm else 'Microsoft'} layout) does not map onto this "
-                       f"backbone: unmapped checkpoint keys {leftover[:10]} ({len(leftover)}); missing backbone keys "
-                       f"{missing[:10]} ({len(missing)})")
+    fail_on_unmapped(f"ImageNet Swin checkpoint ({'timm' if timm else 'Microsoft'} layout) -> backbone", leftover,
+                     missing)
     return out
 
 
