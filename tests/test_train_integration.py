@@ -124,3 +124,19 @@ def test_predictor_original_scale_and_overrides(setup):
     assert p(image).labels.shape == image.shape[:2]
     with pytest.raises(ValueError, match="original"):
         Predictor(model, test_scale="native")
+
+
+def test_trainer_trains_mask_classification_models(tmp_path):
+    """MaskFormer-style models train through the bundled trainer with the set criterion (deep supervision)."""
+    pytest.importorskip("scipy", reason="Hungarian matching needs scipy (the train extra)")
+    root = tiny_data(tmp_path / "data", train=4, val=1, size=64)  # stride 32 must leave > 1 pixel for GroupNorm
+    config = tiny_config(root, tmp_path / "out", model="test_semask_mask2former", model_overrides={}, iters=3,
+                         eval_interval=100, ckpt_interval=100)
+    config.data.crop_size, config.data.scale = (64, 64), (64, 64)
+    model = semask.create_model("test_semask_mask2former", num_classes=5)
+    trainer = Trainer(config, model=model, progress=False)
+    assert type(trainer.criterion).__name__ == "MaskClassificationLoss" and trainer.full_res_outputs
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss_mask" in r]
+    assert train and all(np.isfinite(r["loss"]) and "loss_prior" in r and "loss_ce_0" in r for r in train)

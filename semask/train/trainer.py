@@ -37,6 +37,7 @@ from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, r
 from .config import TrainConfig
 from .evaluate import MS_RATIOS, EvalProtocol, evaluate
 from .losses import SeMaskLoss
+from .mask_losses import MaskClassificationLoss
 from .metrics import format_table
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_curves
@@ -54,6 +55,20 @@ def init_distributed() -> tuple[int, int, int]:
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
 
+
+
+def _criterion(model: nn.Module, c: TrainConfig) -> tuple[nn.Module, bool]:
+    """The training loss for the model's decoder, and whether it wants outputs at the input resolution.
+
+    Per-pixel decoders (FPN, SegFormer) get `SeMaskLoss` on their stride-4 maps (it resizes chunk by chunk); mask
+    classification decoders (MaskFormer / Mask2Former / FaPN) get the set criterion with deep supervision and the
+    prior loss, as the detectron2 originals train them.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and config.decoder not in ("fpn", "segformer"):
+        return MaskClassificationLoss.from_config(config, prior_weight=c.prior_loss_weight), True
+    return SeMaskLoss(prior_weight=c.prior_loss_weight, reduction=c.loss_reduction,
+                      ohem_min_kept=c.ohem_min_kept), False
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None,
@@ -110,8 +125,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, c.iters, power=c.poly_power, warmup_iters=c.warmup_iters,
                                          warmup_ratio=c.warmup_ratio)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16")
-        self.criterion = SeMaskLoss(prior_weight=c.prior_loss_weight, reduction=c.loss_reduction,
-                                    ohem_min_kept=c.ohem_min_kept)
+        self.criterion, self.full_res_outputs = _criterion(self.module, c)
         self.train_view = TransformedDataset(self.train_set, train_transforms(
             crop_size=d.crop_size, scale=d.scale, ratios=d.ratios, ratio_range=d.ratio_range,
             cat_max_ratio=d.cat_max_ratio, flip=d.flip, photometric=d.photometric, mean=d.mean, std=d.std))
@@ -233,8 +247,9 @@ class Trainer:
         ctx = self.model.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
         with ctx:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.model(images, upsample=False)  # stride 4: the loss resizes chunk by chunk
-            losses = self.criterion({k: v.float() for k, v in out.items()}, labels)
+                out = self.model(images, upsample=self.full_res_outputs)
+            out = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+            losses = self.criterion(out, labels)
             self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
         return {k: float(v.detach()) for k, v in losses.items()}
 
