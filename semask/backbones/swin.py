@@ -132,11 +132,14 @@ class WindowAttention(nn.Module):
                 attn = attn.view(-1, self.num_heads, n, n)
             x = attn.softmax(dim=-1) @ v
         else:
-            bias = self.combined_bias(mask, q.dtype)  # [nW, nH, N, N]
+            bias = self.combined_bias(mask, q.dtype)  # [nW, nH, N, N] (unshifted: nW = 1)
             nw = bias.shape[0]
-            # Fold windows into the head dimension so one [1, nW*nH, N, N] bias broadcasts over the batch.
-            q, k, v = (t.reshape(bw // nw, nw * self.num_heads, n, -1) for t in (q, k, v))
-            bias = bias.view(1, -1, n, n)
+            if nw != 1 and nw != bw:
+                # Several images: fold windows into the head dimension so one [1, nW*nH, N, N] bias broadcasts
+                # over the batch (copies q, k, v). With one image (or no shift) the bias already lines up with the
+                # window batch and q, k, v go to the kernel as strided views, uncopied.
+                q, k, v = (t.reshape(bw // nw, nw * self.num_heads, n, -1) for t in (q, k, v))
+                bias = bias.view(1, -1, n, n)
             # CPU training: SDPA's CPU flash kernel refuses a bias that requires grad and the math kernel it falls
             # back to is slower than the plain formula (benchmarks/RESULTS.md), so use the formula there.
             if self.attn_impl == "math" or (bias.requires_grad and x.device.type == "cpu"):
