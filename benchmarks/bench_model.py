@@ -28,12 +28,16 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
     def ours(impl: str, part: str):
         def run() -> None:
             model.set_attn_impl(impl)
-            (model if part == "model" else model.backbone)(x)
+            if part == "infer":  # the Predictor's (and the original's test-time) path: no prior_logits
+                model(x, priors=False)
+            else:
+                (model if part == "model" else model.backbone)(x)
         return run
 
     n = 2048
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     variants = {"model_sdpa": ours("sdpa", "model"), "model_eager": ours("eager", "model"),
+                "infer_sdpa": ours("sdpa", "infer"),
                 "backbone_sdpa": ours("sdpa", "backbone"), "backbone_eager": ours("eager", "backbone"),
                 "timm": lambda: timm_bb(x), "matmul": lambda: [a @ b for _ in range(4)]}
     with torch.inference_mode():

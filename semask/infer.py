@@ -311,7 +311,7 @@ class Predictor:
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         try:
             with autocast:
-                logits = self.model(x)["logits"]
+                logits = self.model(x, priors=False)["logits"]  # per-stage priors come from the hook
         finally:
             hook.remove()
         return logits.float(), [p.float() for p in captured[0]] if captured else []

@@ -27,12 +27,15 @@ class Segmentor(nn.Module):
         self.decode_head = decode_head
         self.config = config
 
-    def forward(self, images: torch.Tensor, *, upsample: bool = True) -> dict[str, torch.Tensor]:
-        """`upsample=False` returns the stride-4 maps the decoders produce, before the bilinear resize."""
-        feats, priors = self.backbone(images)
+    def forward(self, images: torch.Tensor, *, upsample: bool = True,
+                priors: bool = True) -> dict[str, torch.Tensor]:
+        """`upsample=False` returns the stride-4 maps the decoders produce, before the bilinear resize;
+        `priors=False` skips "prior_logits" (the original computes no priors at test time; the per-stage maps stay
+        available from `model.backbone`)."""
+        feats, stage_priors = self.backbone(images)
         out = {"logits": self.decode_head(feats)}
-        if priors:
-            out["prior_logits"] = prior_decoder(priors)
+        if priors and stage_priors:
+            out["prior_logits"] = prior_decoder(stage_priors)
         if upsample:
             out = {k: _resize(v, images.shape[-2:]) for k, v in out.items()}
         return out

@@ -168,3 +168,13 @@ def test_bad_names_and_fields() -> None:
         semask.create_model("test_semask_swin_fpn", semantic_attention=("window", "global"))
     with pytest.raises(ValueError, match="not published yet.*semask convert"):
         semask.create_model("semask_swin_tiny_fpn.ade20k", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["test_semask_swin_fpn", "test_semask_maskformer", "test_semask_mit_segformer"])
+def test_priors_can_be_skipped(name: str) -> None:
+    model = semask.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        full, lean = model(x), model(x, priors=False)
+    assert "prior_logits" in full and "prior_logits" not in lean
+    torch.testing.assert_close(lean["logits"], full["logits"])

@@ -74,13 +74,14 @@ class MaskFormerSegmentor(Segmentor):
         self.sem_seg_head = sem_seg_head
         self.config = config
 
-    def forward(self, images: torch.Tensor, *, upsample: bool = True) -> dict:
-        """`upsample=False` gives "logits"/"prior_logits" at the mask resolution (padded/4), uncropped."""
+    def forward(self, images: torch.Tensor, *, upsample: bool = True, priors: bool = True) -> dict:
+        """`upsample=False` gives "logits"/"prior_logits" at the mask resolution (padded/4), uncropped;
+        `priors=False` skips "prior_logits"."""
         h, w = images.shape[-2:]
         d = self.config.size_divisibility
         pad_b, pad_r = (d - h % d) % d, (d - w % d) % d
         x = F.pad(images, (0, pad_r, 0, pad_b)) if (pad_b or pad_r) else images
-        feats, priors = self.backbone(x)
+        feats, stage_priors = self.backbone(x)
         out = self.sem_seg_head(feats)
         if not self.training:
             out.pop("aux_outputs")
@@ -88,8 +89,8 @@ class MaskFormerSegmentor(Segmentor):
         if upsample:
             masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
         out["logits"] = semantic_inference(out["pred_logits"], masks)
-        if priors:
-            prior = semantic_head(priors)  # at the padded input size
+        if priors and stage_priors:
+            prior = semantic_head(stage_priors)  # at the padded input size
             out["prior_logits"] = prior if upsample else F.interpolate(
                 prior, size=out["pred_masks"].shape[-2:], mode="bilinear", align_corners=False)
         if upsample:
