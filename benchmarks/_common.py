@@ -32,14 +32,6 @@ def time_alternating(variants: dict[str, Callable[[], object]], *, repeats: int,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def matmul_macs_per_s(device: str, *, n: int = 2048, repeats: int = 5) -> float:
-    """MAC/s of a large fp32 matrix product on `device` (the efficiency yardstick)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    t = time_alternating({"mm": lambda: a @ b}, repeats=repeats, device=device)["mm"]
-    return n ** 3 / t
-
-
 def timm_swin(size: str, img: int, device: str) -> torch.nn.Module:
     """timm's Swin with fused attention, `features_only` (the yardstick backbone), at input size `img`."""
     import timm

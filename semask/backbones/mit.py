@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import check_image_batch, drop_path_rates
-from .semantic_layer import SemanticAttention, SemanticLayer, build_semantic_layers
+from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -199,19 +199,11 @@ class MiTBackbone(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """SegFormer's initialisation: trunc-normal(.02) Linear weights (the semantic layers too, as SeMask-FPN), LN 1/0,
-    conv weights normal(0, sqrt(2 / fan_out)), zero biases; semantic-attention gamma 0."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    """SegFormer's initialisation: the shared transformer init plus conv weights normal(0, sqrt(2 / fan_out)) with
+    zero biases."""
+    init_transformer_weights(m)
+    if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, SemanticAttention):
-        nn.init.zeros_(m.gamma)

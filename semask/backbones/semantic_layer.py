@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 
 from ..layers import crop_hw, pad_hw, window_partition, window_reverse
 
@@ -104,3 +105,17 @@ def build_semantic_layers(dims: Sequence[int], semantic_attention: Sequence[str]
     return [SemanticLayer(dim, sem_num_classes, num_blocks=nb, attn_impl=attn_impl,
                           window_size=sem_window_size if kind == "window" else None)
             for dim, kind, nb in zip(dims, semantic_attention, blocks, strict=True)]
+
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """What every SeMask backbone shares (mmseg / SegFormer): trunc-normal(.02) Linear weights (the semantic layers'
+    too), zero biases, LayerNorm 1/0, semantic-attention gamma 0 (the semantic path starts as a LayerNorm)."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, SemanticAttention):
+        nn.init.zeros_(m.gamma)

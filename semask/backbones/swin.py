@@ -19,7 +19,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import check_image_batch, crop_hw, drop_path_rates, is_tracing, pad_hw, window_partition, window_reverse
-from .semantic_layer import SemanticAttention, SemanticLayer, build_semantic_layers
+from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
 
 MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
 # The fused/fast paths use a value whose exp() underflows to an exact 0 in fp32 (anything <= -104 does): exp(-100)
@@ -299,15 +299,7 @@ class SwinBackbone(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """The mmseg initialisation: trunc-normal(.02) Linear weights (the semantic layers too), LN 1/0, gamma 0."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, WindowAttention):
+    """The mmseg initialisation: the shared transformer init plus trunc-normal(.02) relative-position tables."""
+    init_transformer_weights(m)
+    if isinstance(m, WindowAttention):
         trunc_normal_(m.relative_position_bias_table, std=0.02)
-    elif isinstance(m, SemanticAttention):
-        nn.init.zeros_(m.gamma)

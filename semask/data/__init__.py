@@ -2,17 +2,17 @@
 deterministic sampling."""
 
 from .datasets import (
-                       CITYSCAPES_CLASSES,
-                       DATASETS,
-                       SegmentationDataset,
-                       ade20k,
-                       build_dataset,
-                       cityscapes,
-                       coco_stuff10k,
-                       folder,
-                       read_class_list,
+    DATASETS,
+    SegmentationDataset,
+    ade20k,
+    build_dataset,
+    cityscapes,
+    coco_stuff10k,
+    folder,
+    read_class_list,
 )
 from .loader import ResumableSampler, ShardSampler, TransformedDataset, collate
+from .palettes import CITYSCAPES_CLASSES
 from .synthetic import SYNTHETIC_CLASSES, write_synthetic_dataset
 from .transforms import train_transforms
 

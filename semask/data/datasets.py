@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .palettes import CITYSCAPES_CLASSES as CITYSCAPES_CLASSES  # re-exported: the one table lives in palettes.py
 from .palettes import ClassInfo, generate_palette, get_class_info
 
 IGNORE_INDEX = 255
