@@ -6,7 +6,8 @@ Ours is the trainer's step: `model(x, upsample=False)` (stride-4 logits and prio
 labels (150 classes, ~5 % ignored); `ours_plain_loss` is the earlier step, full-resolution outputs and the plain
 autograd CE (`SeMaskLoss(memory_efficient=False)`), to show what the memory-efficient loss buys;
 `ours_ckpt` is `model.set_grad_checkpointing(True)` (the Swin blocks), `ours_ckpt_head` also checkpoints the FPN
-head (`model.decode_head.grad_checkpointing = True`).
+head (`model.decode_head.grad_checkpointing = True`); the `*_keep_semantic` variants turn off the semantic layers'
+recompute in backward (`SemanticLayer.recompute = False`; on by default).
 
 CPU memory is reported twice: with glibc's default malloc (what a user sees; freed heap memory is often kept, so
 the figure depends on the allocation history) and with MALLOC_MMAP_THRESHOLD_=65536 (every allocation >= 64 KiB
@@ -34,9 +35,11 @@ import torch
 from _common import time_alternating, timm_swin
 
 import semask
+from semask.backbones.semantic_layer import SemanticLayer
 from semask.train import SeMaskLoss
 
-VARIANTS = ("ours", "ours_ckpt", "ours_ckpt_head", "ours_plain_loss", "ours_eager", "timm")
+VARIANTS = ("ours", "ours_ckpt", "ours_ckpt_head", "ours_keep_semantic", "ours_ckpt_keep_semantic", "ours_plain_loss",
+            "ours_eager", "timm")
 
 
 def labels_for(x: torch.Tensor, num_classes: int = 150) -> torch.Tensor:
@@ -60,6 +63,10 @@ def build(variant: str, size: int, device: str):
                                 else "sdpa").train().to(device)
     model.set_grad_checkpointing(variant.startswith("ours_ckpt"))
     model.decode_head.grad_checkpointing = variant == "ours_ckpt_head"
+    if variant.endswith("keep_semantic"):  # the semantic layers keep their activations (no recompute)
+        for m in model.modules():
+            if isinstance(m, SemanticLayer):
+                m.recompute = False
     plain = variant == "ours_plain_loss"
     criterion = SeMaskLoss(memory_efficient=not plain)
 

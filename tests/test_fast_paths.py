@@ -134,3 +134,53 @@ def test_flop_counts_match_the_paper_table(name: str, size: int, gflops: float) 
     macs = count_macs(model, (size, size))
     assert math.isclose(macs["mmcv"] / 1e9, gflops, rel_tol=0.015), (name, macs["mmcv"] / 1e9)
     assert macs["total"] > macs["mmcv"]  # attention products are real work, counted in "total"
+
+
+def test_fpn_head_without_autograd_equals_the_autograd_path():
+    """No autograd: the head sums its stride-4 maps in place; the logits equal the autograd path's exactly."""
+    torch.manual_seed(0)
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    feats = [f.detach() for f in model.backbone(torch.randn(1, 3, 61, 75))[0]]
+    with torch.no_grad():
+        fast = model.decode_head(feats)
+    assert torch.equal(fast, model.decode_head(feats).detach())
+
+
+def test_semantic_layer_recompute_keeps_gradients_and_saves_memory():
+    """The semantic layers recompute in backward by default: same loss and gradients bit for bit (dropout replayed),
+    fewer bytes saved for backward."""
+    from semask.backbones.semantic_layer import SemanticLayer
+
+    model = semask.create_model("test_semask_swin_fpn").train()
+    for m in model.modules():
+        if hasattr(m, "gamma"):
+            torch.nn.init.constant_(m.gamma, 0.5)
+    layers = [m for m in model.modules() if isinstance(m, SemanticLayer)]
+    x = torch.randn(2, 3, 64, 64)
+
+    def run(recompute: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        for m in layers:
+            m.recompute = recompute
+        model.zero_grad()
+        saved = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        torch.manual_seed(0)  # same dropout / drop-path draws
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x, upsample=False)
+            loss = out["logits"].square().mean() + out["prior_logits"].square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved
+
+    loss_keep, grads_keep, saved_keep = run(False)
+    loss_re, grads_re, saved_re = run(True)
+    assert torch.equal(loss_keep, loss_re)
+    assert grads_keep.keys() == grads_re.keys()
+    assert any("class_injection" in n and g.abs().sum() > 0 for n, g in grads_re.items())
+    for name, g in grads_keep.items():
+        assert torch.equal(grads_re[name], g), name
+    assert saved_re < saved_keep

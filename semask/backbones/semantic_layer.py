@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from torch.utils.checkpoint import checkpoint
 
-from ..layers import crop_hw, pad_hw, window_partition, window_reverse
+from ..layers import crop_hw, is_tracing, pad_hw, window_partition, window_reverse
 
 # "eager": the original formulas (shift mask -100); "math": the same unfused formulas with a shift-mask value that
 # underflows to exact 0 (denormal-safe); "sdpa": fused `scaled_dot_product_attention` where it pays.
@@ -52,7 +53,15 @@ class SemanticAttention(nn.Module):
 
 
 class SemanticLayer(nn.Module):
-    """LayerNorm + SemanticAttention blocks over windows of `window_size` tokens, or over all tokens if None."""
+    """LayerNorm + SemanticAttention blocks over windows of `window_size` tokens, or over all tokens if None.
+
+    `recompute` (default on): under autograd the layer keeps only its input and recomputes itself in backward
+    (`torch.utils.checkpoint`, RNG replayed for the dropout, so gradients are the same bit for bit). Its saved
+    activations (the K-class q/k maps, attention, padded/partitioned copies: ~0.2 GiB at batch 2, 512², SeMask-T)
+    cost ~1 % of a step to recompute (benchmarks/RESULTS.md). Set `layer.recompute = False` to keep them.
+    """
+
+    recompute = True
 
     def __init__(self, dim: int, num_classes: int, *, window_size: int | None, num_blocks: int = 1,
                  attn_impl: str = "sdpa") -> None:
@@ -66,6 +75,12 @@ class SemanticLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, H, W, C] -> (features [B, H, W, C], prior logits [B, H, W, K])."""
+        if self.recompute and torch.is_grad_enabled() and not is_tracing() and (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, h, w, c = x.shape
         x = self.norm1(x)
         if self.window_size is None:

@@ -69,11 +69,11 @@ class ReLU(nn.ReLU):
 
 
 class ConvModule(nn.Sequential):
-    """3×3 conv (no bias) -> BatchNorm -> ReLU, keyed `conv`, `bn` as mmcv's ConvModule."""
+    """k×k conv (no bias, 'same' padding) -> BatchNorm -> ReLU, keyed `conv`, `bn` as mmcv's ConvModule."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
         self.activate = ReLU()
 
@@ -143,7 +143,10 @@ class SemanticFPNHead(nn.Module):
         return self._forward(*feats)
 
     def _forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        # Without autograd the stride-4 sum is accumulated in place (no fresh 256-channel map per stage).
+        in_place = not torch.is_grad_enabled()
         out = self.scale_heads[0](feats[0])
         for head, feat in zip(self.scale_heads[1:], feats[1:], strict=True):
-            out = out + _resize(head(feat), out.shape[-2:])
+            y = _resize(head(feat), out.shape[-2:])
+            out = out.add_(y) if in_place else out + y
         return self.conv_seg(self.dropout(out))

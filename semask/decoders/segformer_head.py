@@ -1,8 +1,8 @@
 """SegFormer's all-MLP decode head (`SegFormerHead` of the original mmseg code / `SegformerDecodeHead` of transformers).
 
 Per stage a Linear to `channels` (`linear_c.i`), bilinear resize to the stride-4 size, concatenation in the order
-stage 3, 2, 1, 0 (as the original), then `linear_fuse` (1×1 conv without bias -> BatchNorm -> ReLU), dropout and the
-1×1 classifier `linear_pred`. Returns stride-4 logits, the same contract as the Semantic-FPN head.
+stage 3, 2, 1, 0 (as the original), then `linear_fuse` (a 1×1 `ConvModule`: conv without bias -> BatchNorm -> ReLU),
+dropout and the 1×1 classifier `linear_pred`. Returns stride-4 logits, the same contract as the Semantic-FPN head.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .fpn import _resize
+from .fpn import ConvModule, _resize
 
 
 class MLPProjection(nn.Module):
@@ -26,16 +26,6 @@ class MLPProjection(nn.Module):
         return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class FuseModule(nn.Sequential):
-    """1×1 conv (no bias) -> BatchNorm -> ReLU, keyed `conv`, `bn` as mmcv's ConvModule."""
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
-        self.activate = nn.ReLU(inplace=True)
-
-
 class SegFormerHead(nn.Module):
     """All-MLP decoder. Args: in_channels per stage, channels (256 for MiT-B0/B1, 768 for B2-B5), num_classes,
     dropout before the classifier (Dropout2d, as mmseg)."""
@@ -44,7 +34,7 @@ class SegFormerHead(nn.Module):
                  dropout: float = 0.1) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList(MLPProjection(c, channels) for c in in_channels)
-        self.linear_fuse = FuseModule(channels * len(in_channels), channels)
+        self.linear_fuse = ConvModule(channels * len(in_channels), channels, kernel_size=1)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.linear_pred = nn.Conv2d(channels, num_classes, 1)
         self._init_weights()
