@@ -49,6 +49,8 @@ class SemanticAttention(nn.Module):
             # Single head, q/k width K, v width C, no scaling: scale=1.0 reproduces the original formula.
             y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
         y = self.proj_drop(self.mlp_res(y))
+        if not torch.is_grad_enabled():  # no graph: the same two ops, in place (no fresh [B', N, C] maps)
+            return q, y.mul_(self.gamma).add_(x)
         return q, x + self.gamma * y
 
 
