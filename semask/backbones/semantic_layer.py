@@ -60,7 +60,7 @@ class SemanticLayer(nn.Module):
     `recompute` (default on): under autograd the layer keeps only its input and recomputes itself in backward
     (`torch.utils.checkpoint`, RNG replayed for the dropout, so gradients are the same bit for bit). Its saved
     activations (the K-class q/k maps, attention, padded/partitioned copies: ~0.2 GiB at batch 2, 512², SeMask-T)
-    cost ~1 % of a step to recompute (benchmarks/RESULTS.md). Set `layer.recompute = False` to keep them.
+    cost ~2.5 % of a step to recompute (benchmarks/RESULTS.md). Set `layer.recompute = False` to keep them.
     """
 
     recompute = True
