@@ -137,21 +137,21 @@ def main() -> None:
           f"time: median of {args.repeats} alternated; memory: one step per fresh subprocess "
           f"({'ru_maxrss - RSS before the step' if cpu else 'max_memory_allocated'})")
     if t:
-        for v, sec in t.items():
-            print(f"  time {v:<18} {sec * 1e3:8.0f} ms" + (f" ({sec / t['timm']:.2f}x timm)" if "timm" in t else ""))
-        if "ours" in t:
-            for v in ("ours_ckpt", "ours_ckpt_head", "ours_plain_loss"):
-                if v in t:
-                    print(f"  time {v} / ours: {t[v] / t['ours']:.2f}x")
+        _report("time", {v: sec * 1e3 for v, sec in t.items()}, "ms", indent="  ")
     for kind, m in mem.items():
         print(f"  peak memory, {kind}:")
-        for v, b in m.items():
-            print(f"    {v:<18} {b / 2**20:7.0f} MiB" + (f" ({b / m['timm']:.2f}x timm)" if "timm" in m else ""))
-        if "ours" in m:
-            for v in ("ours_ckpt", "ours_ckpt_head", "ours_plain_loss"):
-                if v in m:
-                    print(f"    {v} / ours: {m[v] / m['ours']:.2f}x")
+        _report("", {v: b / 2**20 for v, b in m.items()}, "MiB", indent="    ")
 
+
+def _report(label: str, values: dict[str, float], unit: str, *, indent: str) -> None:
+    """One line per variant (and its ratio to timm), then each variant of ours relative to ours."""
+    prefix = f"{indent}{label + ' ' if label else ''}"
+    for v, x in values.items():
+        print(f"{prefix}{v:<24} {x:8.0f} {unit}" + (f" ({x / values['timm']:.2f}x timm)" if "timm" in values else ""))
+    if "ours" in values:
+        for v in values:
+            if v.startswith("ours_"):
+                print(f"{prefix}{v} / ours: {values[v] / values['ours']:.2f}x")
 
 if __name__ == "__main__":
     main()
