@@ -153,5 +153,6 @@ def _report(label: str, values: dict[str, float], unit: str, *, indent: str) -> 
             if v.startswith("ours_"):
                 print(f"{prefix}{v} / ours: {values[v] / values['ours']:.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ import semask
 from semask.cli import main
 from semask.export import export_program, min_input_size
 
+from .conftest import randomize_gammas
+
 EXAMPLE = (256, 320)  # traced size; the checks below use other sizes
 SIZES = [(240, 300), (333, 250)]
 
@@ -19,9 +21,7 @@ def model(request):
     """The FPN and the SegFormer families."""
     torch.manual_seed(0)
     m = semask.create_model(request.param).eval()
-    for mod in m.modules():  # non-zero gamma: the semantic attention must matter for the comparison
-        if hasattr(mod, "gamma"):
-            torch.nn.init.constant_(mod.gamma, 0.5)
+    randomize_gammas(m)  # the semantic attention must matter for the comparison
     return m
 
 

@@ -14,6 +14,8 @@ from semask.backbones.swin import FAST_MASK_VALUE, MASK_VALUE, shift_mask, shift
 from semask.cli import main
 from semask.flops import count_macs
 
+from .conftest import randomize_gammas
+
 FIXTURE = "tests/fixtures/semask_fpn_tiny_w7"
 
 
@@ -56,9 +58,7 @@ def test_traceable_shift_mask_equals_the_original_construction(hp, wp, window, s
 def test_training_gradients_of_fast_path_match_eager():
     torch.manual_seed(0)
     model = semask.create_model("test_semask_swin_fpn", drop_path_rate=0.0, decoder_dropout=0.0).eval()
-    for m in model.modules():  # non-zero gamma so the semantic attention contributes to the gradients
-        if hasattr(m, "gamma"):
-            torch.nn.init.constant_(m.gamma, 0.5)
+    randomize_gammas(model)  # the semantic attention must contribute to the gradients
     x = torch.randn(1, 3, 75, 61)
     grads = {}
     for impl in ("eager", "sdpa", "math"):
@@ -143,9 +143,7 @@ def test_in_place_inference_ops_equal_the_autograd_path(name):
     kernel is not used, so only the unfused formula runs the same ops both ways)."""
     torch.manual_seed(0)
     model = semask.create_model(name, attn_impl="math").eval()
-    for m in model.modules():  # non-zero gamma so the semantic residual matters
-        if hasattr(m, "gamma"):
-            torch.nn.init.constant_(m.gamma, 0.5)
+    randomize_gammas(model)  # the semantic residual must matter
     x = torch.randn(1, 3, 61, 75)
     with torch.no_grad():
         fast = model(x)
@@ -161,9 +159,7 @@ def test_semantic_layer_recompute_keeps_gradients_and_saves_memory():
     from semask.backbones.semantic_layer import SemanticLayer
 
     model = semask.create_model("test_semask_swin_fpn").train()
-    for m in model.modules():
-        if hasattr(m, "gamma"):
-            torch.nn.init.constant_(m.gamma, 0.5)
+    randomize_gammas(model)
     layers = [m for m in model.modules() if isinstance(m, SemanticLayer)]
     x = torch.randn(2, 3, 64, 64)
 
