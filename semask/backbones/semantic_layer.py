@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import crop_hw, is_tracing, pad_hw, window_partition, window_reverse
+from ..layers import from_windows, is_tracing, to_windows
 
 # "eager": the original formulas (shift mask -100); "math": the same unfused formulas with a shift-mask value that
 # underflows to exact 0 (denormal-safe); "sdpa": fused `scaled_dot_product_attention` where it pays.
@@ -88,16 +88,15 @@ class SemanticLayer(nn.Module):
         if self.window_size is None:
             tokens = x.reshape(b, h * w, c)
         else:
-            x = pad_hw(x, self.window_size)  # pad AFTER the norm: pad tokens are exact zeros, as the original
-            hp, wp = x.shape[1:3]
-            tokens = window_partition(x, self.window_size)  # [B * nW, ws * ws, C]
+            # pad AFTER the norm (pad tokens are exact zeros, as the original), partition; never shifted.
+            tokens = to_windows(x, self.window_size)  # [B * nW, ws * ws, C]
         q = tokens
         for blk in self.class_injection:  # chained; the last block's Q is the prior map (as the original)
             q, tokens = blk(tokens)
         if self.window_size is None:
             return tokens.view(b, h, w, c), q.view(b, h, w, -1)
-        out = crop_hw(window_reverse(tokens, self.window_size, hp, wp), h, w)
-        prior = crop_hw(window_reverse(q, self.window_size, hp, wp), h, w)
+        out = from_windows(tokens, self.window_size, 0, h, w)
+        prior = from_windows(q, self.window_size, 0, h, w)
         return out, prior
 
 

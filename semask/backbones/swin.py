@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import check_image_batch, crop_hw, drop_path_rates, is_tracing, pad_hw, window_partition, window_reverse
+from ..layers import check_image_batch, drop_path_rates, from_windows, is_tracing, to_windows, window_partition
 from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
 
 MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
@@ -166,21 +166,17 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""
-        _, h, w, c = x.shape
+        _, h, w, _ = x.shape
         ws, s = self.window_size, self.shift
-        y = pad_hw(self.norm1(x), ws)
-        hp, wp = y.shape[1:3]
         mask = None
         if s:
-            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
             # The eager path keeps the original -100; the others use a value that underflows to exact 0.
             value = MASK_VALUE if self.attn.attn_impl == "eager" else FAST_MASK_VALUE
-            mask = (shift_mask_traceable if is_tracing() else shift_mask)(hp, wp, ws, s, y.device, value)
-        y = self.attn(window_partition(y, ws), mask)  # [B * nW, ws * ws, C]
-        y = window_reverse(y, ws, hp, wp)
-        if s:
-            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        x = x + self.drop_path(crop_hw(y, h, w))
+            hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws  # ceil-div form: see pad_hw
+            mask = (shift_mask_traceable if is_tracing() else shift_mask)(hp, wp, ws, s, x.device, value)
+        # pad AFTER norm1 (pad tokens are exact zeros), roll by -s, partition; attention; and back.
+        y = self.attn(to_windows(self.norm1(x), ws, s), mask)  # [B * nW, ws * ws, C]
+        x = x + self.drop_path(from_windows(y, ws, s, h, w))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
