@@ -138,9 +138,10 @@ def test_flop_counts_match_the_paper_table(name: str, size: int, gflops: float) 
 
 @pytest.mark.parametrize("name", ["test_semask_swin_fpn", "test_semask_mit_segformer"])
 def test_in_place_inference_ops_equal_the_autograd_path(name):
-    """Without autograd the FPN head sums its maps in place, the Swin blocks add their residuals and run GELU in
-    place, and the semantic layers add their residual in place; outputs equal the autograd path's bit for bit ("math" attention: with a bias that takes gradients, SDPA's CPU
-    kernel is not used, so only the unfused formula runs the same ops both ways)."""
+    """Without autograd the FPN head sums its maps in place, the Swin / MiT blocks add their residuals and run
+    GELU in place, and the semantic layers add their residual in place; outputs equal the autograd path's bit for
+    bit ("math" attention: with a bias that takes gradients, SDPA's CPU kernel is not used, so only the unfused
+    formula runs the same ops both ways)."""
     torch.manual_seed(0)
     model = semask.create_model(name, attn_impl="math").eval()
     randomize_gammas(model)  # the semantic residual must matter

@@ -92,7 +92,8 @@ class MixFFN(nn.Module):
         x = self.fc1(x)
         b, n, c = x.shape
         x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)  # [B, N, hidden]
-        return self.fc2(self.act(x))
+        # No graph: GELU in place on the fresh conv output (same values, one hidden-wide map fewer).
+        return self.fc2(torch.ops.aten.gelu_(x) if not torch.is_grad_enabled() else self.act(x))
 
 
 class MiTBlock(nn.Module):
@@ -108,7 +109,11 @@ class MiTBlock(nn.Module):
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        y = self.drop_path(self.attn(self.norm1(x), h, w))
+        if not torch.is_grad_enabled():  # no graph: sum into the fresh maps (y + x is x + y bit for bit)
+            x = y.add_(x)
+            return self.drop_path(self.mlp(self.norm2(x), h, w)).add_(x)
+        x = x + y
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
