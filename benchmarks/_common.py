@@ -14,21 +14,41 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def minor_faults() -> int:
+    """Page faults served without I/O so far in this process (first touches of freshly mapped memory); 0 where
+    `resource` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_alternating(variants: dict[str, Callable[[], object]], *, repeats: int, device: str,
-                     warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each variant, run in turn (A B C A B C ...) so load drifts hit all alike."""
+                     warmup: int = 1, faults: dict[str, float] | None = None) -> dict[str, float]:
+    """Median seconds per call of each variant, run in turn (A B C A B C ...) so load drifts hit all alike.
+
+    `faults`, if given, receives each variant's median minor page faults per call: on CPU, glibc hands blocks
+    above its mmap threshold (and heap it trimmed) back to the kernel, and touching them again costs ~1 µs per
+    4 KiB page, a cost that moves with the process's allocation history (benchmarks/RESULTS.md).
+    """
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in variants}
+    counts: dict[str, list[int]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             sync(device)
+            f0 = minor_faults()
             t = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t)
+            counts[name].append(minor_faults() - f0)
+    if faults is not None:
+        faults.update({k: statistics.median(v) for k, v in counts.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 

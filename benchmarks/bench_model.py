@@ -5,6 +5,7 @@ Swin `features_only` backbone, at the same input size in one process; efficiency
 
 Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
 the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
+On CPU each variant also reports its median minor page faults per call (first touches of freshly mapped memory).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
                 "infer_sdpa": ours("sdpa", "infer"),
                 "backbone_sdpa": ours("sdpa", "backbone"), "backbone_eager": ours("eager", "backbone"),
                 "timm": lambda: timm_bb(x), "matmul": lambda: [a @ b for _ in range(4)]}
+    faults: dict[str, float] = {}
     with torch.inference_mode():
-        t = time_alternating(variants, repeats=args.repeats, device=dev)
+        t = time_alternating(variants, repeats=args.repeats, device=dev, faults=faults)
     model.set_attn_impl("sdpa")
     macs = count_macs(model, (img, img))["total"]
     timm_macs = count_macs(timm_bb, (img, img))["total"]
@@ -49,7 +51,8 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
     print(f"\nSeMask-{size[0].upper()} FPN {img}^2 fp32 batch 1 on {dev} ({torch.get_num_threads()} threads), "
           f"median of {args.repeats}, alternated:")
     for k, v in t.items():
-        print(f"  {k:<15} {v * 1e3:9.1f} ms   {v / t['timm']:5.2f}x timm-Swin-{size[0].upper()}")
+        print(f"  {k:<15} {v * 1e3:9.1f} ms   {v / t['timm']:5.2f}x timm-Swin-{size[0].upper()}"
+              + (f"   {faults[k] / 1000:6.1f}k page faults" if dev == "cpu" else ""))
     print(f"  fused vs eager: whole model {t['model_eager'] / t['model_sdpa']:.2f}x, "
           f"backbone {t['backbone_eager'] / t['backbone_sdpa']:.2f}x faster")
     # The prior maps add no MACs (bilinear resizes only), so both paths do the same multiply-accumulates.
