@@ -297,7 +297,7 @@ class Predictor:
                 if ratio == prior_ratio and not flip:
                     priors = [p[0].float().cpu() for p in stage_priors]
         assert total is not None
-        avg = total[0] / n  # [K, H, W]
+        avg = total[0] / n if n > 1 else total[0]  # [K, H, W]; one view needs no [K, H, W] copy divided by 1
         conf, labels = avg.max(0)
         return Prediction(labels=labels.cpu().numpy().astype(np.int64), confidence=conf.float().cpu().numpy(),
                           image=image, priors=priors, classes=self.classes,

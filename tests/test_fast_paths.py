@@ -219,3 +219,20 @@ def test_window_gather_equals_pad_roll_partition(b, h, w, window, shift):
     g_ref, = torch.autograd.grad(back_ref, x, g_out)
     g, = torch.autograd.grad(back, x, g_out)
     assert torch.equal(g, g_ref)
+
+
+def test_semantic_attention_fused_projection_equals_three_linears():
+    """q/k/v come from one matmul over concatenated weights; the values are the three Linears' (the checkpoint's
+    `mlp_cls_q`, `mlp_cls_k`, `mlp_v`), and the attention is the original formula."""
+    from semask.backbones.semantic_layer import SemanticAttention
+
+    torch.manual_seed(0)
+    blk = SemanticAttention(24, 7, attn_impl="eager").eval()
+    torch.nn.init.normal_(blk.gamma)
+    x = torch.randn(5, 9, 24)
+    with torch.no_grad():
+        q, out = blk(x)
+        q_ref, k_ref, v_ref = blk.mlp_cls_q(x), blk.mlp_cls_k(x), blk.mlp_v(x)
+        y = blk.mlp_res((q_ref @ k_ref.transpose(-2, -1)).softmax(-1) @ v_ref)
+    torch.testing.assert_close(q, q_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, x + blk.gamma * y, atol=1e-6, rtol=0)

@@ -39,9 +39,12 @@ class SemanticAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B', N, C] (already LayerNorm-ed) -> (prior logits [B', N, K], features [B', N, C])."""
-        q = self.mlp_cls_q(x)  # [B', N, K]: the semantic-prior map
-        k = self.mlp_cls_k(x)  # [B', N, K]
-        v = self.mlp_v(x)  # [B', N, C]
+        # The three projections as one matmul over x (weights concatenated per call: tiny next to the [B', N, *]
+        # maps): one pass over the tokens and one bias broadcast instead of three; the same values bit for bit.
+        # q [B', N, K] (the semantic-prior map), k [B', N, K], v [B', N, C]: strided views, uncopied.
+        projs = (self.mlp_cls_q, self.mlp_cls_k, self.mlp_v)
+        qkv = F.linear(x, torch.cat([m.weight for m in projs]), torch.cat([m.bias for m in projs]))
+        q, k, v = qkv.split([m.out_features for m in projs], dim=-1)
         # On CPU the plain formula is 1.3-5x faster than SDPA here (q/k width K != v width C: no fused CPU kernel).
         if self.attn_impl != "sdpa" or x.device.type == "cpu":
             y = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
