@@ -81,8 +81,8 @@ def to_windows(x: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
     """[B, H, W, C] -> [B * nW, window * window, C]: zero-pad right/bottom to multiples of `window`, roll by
     (-shift, -shift), partition (the original's pad -> roll -> partition).
 
-    Eagerly this is one row gather instead of up to four copies (pad, a roll per dim, partition), ~10x faster at
-    stage 0 of a 512² Swin (benchmarks/RESULTS.md); the values are the same bit for bit. Traced programs keep the
+    Eagerly this is one row gather over cached indices instead of up to four copies (pad, a roll per dim,
+    partition); the values are the same bit for bit (benchmarks/RESULTS.md has the gain). Traced programs keep the
     plain ops, which work for symbolic sizes.
     """
     b, h, w, c = x.shape
