@@ -157,6 +157,19 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _max_softmax(logits: torch.Tensor, band_bytes: int = 4 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """[K, H, W] logits -> (confidence [H, W], labels [H, W]) = `logits.softmax(0).max(0)`, computed in bands of
+    rows (softmax and max are per pixel, so the values are the same) without a [K, H, W] probability map: a
+    150-class 512² image would allocate and page-fault 150 MiB for it."""
+    k, h, w = logits.shape
+    conf = logits.new_empty(h, w)
+    labels = torch.empty(h, w, dtype=torch.long, device=logits.device)
+    rows = max(1, band_bytes // max(1, k * w * logits.element_size()))
+    for r in range(0, h, rows):
+        torch.max(logits[:, r:r + rows].softmax(0), 0, out=(conf[r:r + rows], labels[r:r + rows]))
+    return conf, labels
+
+
 # ----------------------------------------------------------------------------------------------- result
 @dataclass
 class Prediction:
@@ -281,6 +294,7 @@ class Predictor:
         priors: list[torch.Tensor] = []
         n = 0
         prior_ratio = 1.0 if 1.0 in self.scales else self.scales[0]
+        single = len(self.scales) == 1 and not self.flip and not want_probs  # labels straight from one pass
         for ratio in self.scales:
             bound = self.test_scale or (max(h, w), min(h, w))  # "original": a bound the image already fits
             scale = [int(s * ratio) for s in bound]
@@ -290,18 +304,24 @@ class Predictor:
             xs = (xs - self.mean.to(xs.device)) / self.std.to(xs.device)
             for flip in (False, True) if self.flip else (False,):
                 logits, stage_priors = self._run(xs.flip(-1) if flip else xs)  # [1, K, h', w']
+                if ratio == prior_ratio and not flip:
+                    priors = [p[0].float().cpu() for p in stage_priors]
+                if single:
+                    conf, labels = _max_softmax(_resize(logits, (h, w))[0])
+                    return self._result(image, labels, conf, priors, None)
                 prob = _resize(logits, (h, w)).softmax(1)  # [1, K, H, W]
                 prob = prob.flip(-1) if flip else prob
                 total = prob if total is None else total + prob
                 n += 1
-                if ratio == prior_ratio and not flip:
-                    priors = [p[0].float().cpu() for p in stage_priors]
         assert total is not None
         avg = total[0] / n if n > 1 else total[0]  # [K, H, W]; one view needs no [K, H, W] copy divided by 1
         conf, labels = avg.max(0)
+        return self._result(image, labels, conf, priors, avg.float().cpu() if want_probs else None)
+
+    def _result(self, image: np.ndarray, labels: torch.Tensor, conf: torch.Tensor, priors: list[torch.Tensor],
+                probs: torch.Tensor | None) -> Prediction:
         return Prediction(labels=labels.cpu().numpy().astype(np.int64), confidence=conf.float().cpu().numpy(),
-                          image=image, priors=priors, classes=self.classes,
-                          probs=avg.float().cpu() if want_probs else None)
+                          image=image, priors=priors, classes=self.classes, probs=probs)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits [B, K, h, w] at the input size and the backbone's per-stage prior maps (by a forward hook, so any

@@ -35,6 +35,27 @@ def test_labels_have_the_input_size(model, hw):
     assert len(pred.priors) == 4 and pred.priors[0].shape[0] == 5
 
 
+@pytest.mark.parametrize("hw", [(37, 91), (300, 7)])
+def test_single_pass_labels_without_a_probability_map(model, hw):
+    """One scale, no flip, no probs: labels and confidence come from the logits in bands of rows (no [K, H, W]
+    probability map) and agree with the averaged-probability path."""
+    from semask.infer import _max_softmax
+
+    img = _image(*hw, seed=3)
+    fast = Predictor(model, test_scale="original")(img)
+    full = Predictor(model, test_scale="original")(img, probs=True)
+    assert fast.probs is None and fast.labels.dtype == np.int64 and fast.confidence.dtype == np.float32
+    np.testing.assert_array_equal(fast.labels, full.labels)
+    np.testing.assert_allclose(fast.confidence, full.confidence, rtol=0, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(fast.priors, full.priors, strict=True))
+    logits = torch.randn(6, 29, 13) * 4  # bands of one row, and one band for all: the same as one softmax
+    for band in (1, 10 ** 9):
+        conf, labels = _max_softmax(logits, band_bytes=band)
+        ref_conf, ref_labels = logits.softmax(0).max(0)
+        assert torch.equal(labels, ref_labels)
+        torch.testing.assert_close(conf, ref_conf, atol=1e-7, rtol=0)
+
+
 def test_rescale_size_is_mmcv_keep_ratio():
     assert rescale_size(375, 500, (2048, 512)) == (512, 683)  # short side -> 512
     assert rescale_size(500, 375, (2048, 512)) == (683, 512)
