@@ -112,6 +112,18 @@ def from_windows(t: torch.Tensor, window: int, shift: int, h: int, w: int) -> to
     return t.reshape(-1, c).index_select(0, pos).view(b, h, w, c)
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU; without autograd in place on `x`, which must be a fresh map the caller owns (same values, one
+    allocation fewer: on CPU, one round of page faults fewer for the blocks' 4C-wide hidden maps)."""
+    return torch.ops.aten.gelu_(x) if not torch.is_grad_enabled() else F.gelu(x)
+
+
+def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y; without autograd summed into `y`, which must be a fresh branch output the caller owns (y + x is x + y
+    bit for bit, and no new map is allocated)."""
+    return y.add_(x) if not torch.is_grad_enabled() else x + y
+
+
 def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
     """Raise a clear error unless `x` is a float [B, in_chans, H, W] batch."""
     if not isinstance(x, torch.Tensor):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import check_image_batch, drop_path_rates
+from ..layers import add_residual, check_image_batch, drop_path_rates, gelu
 from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
 
 
@@ -85,15 +85,13 @@ class MixFFN(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = self.fc1(x)
         b, n, c = x.shape
         x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)  # [B, N, hidden]
-        # No graph: GELU in place on the fresh conv output (same values, one hidden-wide map fewer).
-        return self.fc2(torch.ops.aten.gelu_(x) if not torch.is_grad_enabled() else self.act(x))
+        return self.fc2(gelu(x))  # in place on the conv's fresh output without autograd
 
 
 class MiTBlock(nn.Module):
@@ -109,12 +107,8 @@ class MiTBlock(nn.Module):
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        y = self.drop_path(self.attn(self.norm1(x), h, w))
-        if not torch.is_grad_enabled():  # no graph: sum into the fresh maps (y + x is x + y bit for bit)
-            x = y.add_(x)
-            return self.drop_path(self.mlp(self.norm2(x), h, w)).add_(x)
-        x = x + y
-        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+        x = add_residual(x, self.drop_path(self.attn(self.norm1(x), h, w)))
+        return add_residual(x, self.drop_path(self.mlp(self.norm2(x), h, w)))
 
 
 class MiTStage(nn.Module):
