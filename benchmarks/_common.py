@@ -8,6 +8,11 @@ from collections.abc import Callable
 
 import torch
 
+from semask.backbones.mit import EfficientSelfAttention
+from semask.backbones.semantic_layer import SemanticAttention
+from semask.backbones.swin import WindowAttention
+from semask.kernels import FUSED, attention_kernels
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -64,3 +69,16 @@ def timm_swin(size: str, img: int, device: str) -> torch.nn.Module:
         if hasattr(m, "fused_attn"):
             m.fused_attn = True
     return model
+
+
+def check_attention_kernels(model: torch.nn.Module, fn: Callable[[], object]) -> dict[str, set[str]]:
+    """Print which SDPA backend each kind of attention ran in `fn()` and exit with an error unless the window
+    (or MiT) attention ran a fused kernel: SDPA drops to its math kernel silently, which would make every timing
+    of the "fused" variants a timing of something else."""
+    got = attention_kernels(model, fn, (WindowAttention, EfficientSelfAttention, SemanticAttention))
+    print("  attention kernels: " + "; ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(got.items())))
+    for name in ("WindowAttention", "EfficientSelfAttention"):
+        if name in got and not got[name] <= FUSED:
+            raise SystemExit(f"{name} did not run a fused SDPA kernel ({sorted(got[name])}): check the torch build, "
+                             "dtype and device (torch.backends.cuda.*_sdp_enabled) before reading these timings")
+    return got

@@ -6,6 +6,7 @@ Swin `features_only` backbone, at the same input size in one process; efficiency
 Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
 the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
 On CPU each variant also reports its median minor page faults per call (first touches of freshly mapped memory).
+The SDPA backend each attention ran is printed, and the run stops if the window attention did not run a fused one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import time_alternating, timm_swin
+from _common import check_attention_kernels, time_alternating, timm_swin
 
 import semask
 from semask.flops import count_macs
@@ -59,6 +60,8 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
     print(f"  {macs / 1e9:.1f} GMAC; fp32 matmul {rate / 1e9:.1f} GMAC/s; efficiency: model "
           f"{macs / t['model_sdpa'] / rate:.2f}, inference path {macs / t['infer_sdpa'] / rate:.2f} "
           f"(timm's backbone: {timm_macs / 1e9:.1f} GMAC, efficiency {timm_macs / t['timm'] / rate:.2f})")
+    with torch.inference_mode():
+        check_attention_kernels(model, lambda: model(x, priors=False))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -78,6 +81,8 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
 
         with torch.inference_mode():
             tb = time_alternating({"sdpa": runb("sdpa"), "eager": runb("eager")}, repeats=args.repeats, device=dev)
+            mb.set_attn_impl("sdpa")
+            check_attention_kernels(mb, lambda: mb(xb))
         print(f"  bf16: sdpa {tb['sdpa'] * 1e3:.1f} ms, eager {tb['eager'] * 1e3:.1f} ms, fused "
               f"{tb['eager'] / tb['sdpa']:.2f}x; bf16 sdpa vs fp32 sdpa {t['model_sdpa'] / tb['sdpa']:.2f}x")
         if dev.startswith("cuda"):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+T = TypeVar("T")
 
 def is_tracing() -> bool:
     """True under torch.compile / torch.export / jit tracing / ONNX export: code paths then avoid Python-side caches
@@ -54,7 +57,30 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
     return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
 
 
-@functools.lru_cache(maxsize=64)
+@contextlib.contextmanager
+def constant_tensors() -> Iterator[None]:
+    """Build tensors that a cache keeps for later calls: outside inference mode and without grad.
+
+    A tensor first made under `torch.inference_mode()` is an inference tensor, and a later training step that saves
+    it for backward (`index_select` saves its index, SDPA its mask) would fail with "Inference tensors cannot be
+    saved for backward". `inference_mode(False)` alone turns grad mode on, hence the `no_grad`.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+def tensor_cache(fn: Callable[..., T]) -> Callable[..., T]:
+    """`functools.lru_cache(maxsize=64)` for functions that build constant tensors (indices, masks), built under
+    `constant_tensors` so that one call's grad / inference mode cannot leak into the cached result."""
+    @functools.lru_cache(maxsize=64)
+    @functools.wraps(fn)
+    def cached(*args: Any, **kwargs: Any) -> T:
+        with constant_tensors():
+            return fn(*args, **kwargs)
+    return cached
+
+
+@tensor_cache
 def _window_index(b: int, h: int, w: int, window: int, shift: int,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row indices into a [B * H * W, C] token matrix for `to_windows` / `from_windows` (batch offsets included).

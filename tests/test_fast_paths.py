@@ -10,9 +10,13 @@ import torch
 from safetensors.torch import load_file
 
 import semask
-from semask.backbones.swin import FAST_MASK_VALUE, MASK_VALUE, shift_mask, shift_mask_traceable
+from semask.backbones.mit import EfficientSelfAttention
+from semask.backbones.semantic_layer import SemanticAttention
+from semask.backbones.swin import FAST_MASK_VALUE, MASK_VALUE, WindowAttention, shift_mask, shift_mask_traceable
 from semask.cli import main
 from semask.flops import count_macs
+from semask.kernels import FUSED, PLAIN, attention_kernels
+from semask.layers import _window_index
 
 from .conftest import randomize_gammas
 
@@ -236,3 +240,55 @@ def test_semantic_attention_fused_projection_equals_three_linears():
         y = blk.mlp_res((q_ref @ k_ref.transpose(-2, -1)).softmax(-1) @ v_ref)
     torch.testing.assert_close(q, q_ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(out, x + blk.gamma * y, atol=1e-6, rtol=0)
+
+
+ATTENTION = (WindowAttention, SemanticAttention, EfficientSelfAttention)
+
+
+@pytest.mark.parametrize("name", ["test_semask_swin_fpn", "test_semask_mit_segformer"])
+def test_cpu_attention_kernels_are_the_chosen_ones(name):
+    """The SDPA backend each attention runs, asserted (SDPA falls back to its math kernel without a word): CPU
+    inference takes the fused flash kernel; semantic attention, eager and CPU Swin training the plain formula."""
+    model = semask.create_model(name).eval()
+    x = torch.randn(1, 3, 75, 97)
+    window = "WindowAttention" if "swin" in name else "EfficientSelfAttention"
+    with torch.inference_mode():
+        got = attention_kernels(model, lambda: model(x), ATTENTION)
+    assert got == {window: {"flash_cpu"}, "SemanticAttention": {PLAIN}}
+    model.set_attn_impl("eager")
+    with torch.inference_mode():
+        assert attention_kernels(model, lambda: model(x), ATTENTION) == {window: {PLAIN}, "SemanticAttention": {PLAIN}}
+    model.set_attn_impl("sdpa")
+    model.train()
+    got = attention_kernels(model, lambda: model(x)["logits"].sum().backward(), ATTENTION)
+    # Swin: the CPU flash kernel refuses a bias that requires grad -> plain formula; MiT has no bias -> flash.
+    assert got == {window: {PLAIN if "swin" in name else "flash_cpu"}, "SemanticAttention": {PLAIN}}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+def test_cuda_window_attention_runs_a_fused_kernel():
+    model = semask.create_model("test_semask_swin_fpn").eval().cuda().to(torch.bfloat16)
+    x = torch.randn(1, 3, 75, 97, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        got = attention_kernels(model, lambda: model(x), ATTENTION)
+    assert got["WindowAttention"] and got["WindowAttention"] <= FUSED, got
+
+
+@pytest.mark.parametrize("frozen_tables", [False, True])
+def test_caches_filled_in_inference_mode_serve_a_later_training_step(frozen_tables):
+    """Window indices, shift masks and the combined bias are cached; filled first under `inference_mode`, they must
+    still be usable by autograd (an inference tensor cannot be saved for backward)."""
+    _window_index.cache_clear()
+    shift_mask.cache_clear()
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    if frozen_tables:  # the cached bias is then used with grad on and handed to SDPA, which saves it
+        for n, p in model.named_parameters():
+            p.requires_grad_("relative_position_bias_table" not in n)
+    x = torch.randn(1, 3, 75, 97)
+    with torch.inference_mode():
+        expected = model(x)["logits"]
+    out = model(x)["logits"]
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected, atol=1e-5, rtol=0)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert not any(t.is_inference() for t in _window_index(1, 19, 25, 7, 3, torch.device("cpu")))

@@ -9,8 +9,8 @@ All tensors inside a stage are channels-last grids [B, H, W, C]; the backbone ta
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -21,10 +21,12 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import (
     add_residual,
     check_image_batch,
+    constant_tensors,
     drop_path_rates,
     from_windows,
     gelu,
     is_tracing,
+    tensor_cache,
     to_windows,
     window_partition,
 )
@@ -45,7 +47,7 @@ def relative_position_index(window: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-@functools.lru_cache(maxsize=64)
+@tensor_cache
 def shift_mask(hp: int, wp: int, window: int, shift: int, device: torch.device,
                value: float = MASK_VALUE) -> torch.Tensor:
     """[nW, N, N] additive mask (0 / `value`) for shifted windows of a padded hp x wp grid, as the original builds it.
@@ -113,14 +115,17 @@ class WindowAttention(nn.Module):
             key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype, table._version)
             if key in self._bias_cache:
                 return self._bias_cache[key][1]
-        bias = self.relative_bias().unsqueeze(0)
-        if mask is not None:
-            bias = bias + mask.unsqueeze(1)
-        n = bias.shape[-1]
-        if bias.is_cuda and n % 8:
-            bias = F.pad(bias.to(dtype), (0, 8 - n % 8))[..., :n]
-        else:
-            bias = bias.to(dtype).contiguous()
+        # A cached bias is built outside inference mode: a later step with grad (e.g. frozen tables, trained q/k)
+        # hands it to SDPA, which saves it for backward (see `semask.layers.tensor_cache`). Cached means no grad.
+        with constant_tensors() if cacheable else nullcontext():
+            bias = self.relative_bias().unsqueeze(0)
+            if mask is not None:
+                bias = bias + mask.unsqueeze(1)
+            n = bias.shape[-1]
+            if bias.is_cuda and n % 8:
+                bias = F.pad(bias.to(dtype), (0, 8 - n % 8))[..., :n]
+            else:
+                bias = bias.to(dtype).contiguous()
         if cacheable:
             if len(self._bias_cache) >= 16:  # many input sizes: keep the cache bounded
                 self._bias_cache.clear()
