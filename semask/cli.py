@@ -43,9 +43,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .export import export_onnx, export_program
+    from .export import check_export_support, export_onnx, export_program
     from .registry import create_model
 
+    try:  # before building the model: an old torch cannot export whatever the model
+        check_export_support()
+    except RuntimeError as err:
+        print(f"semask export: error: {err}", file=sys.stderr)
+        return 2
     model = create_model(args.model, pretrained=args.weights or False).eval()
     size = tuple(args.size)
     if args.format == "onnx":

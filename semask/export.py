@@ -8,6 +8,7 @@ valid size) become runtime assertions in the program (`prefer_deferred_runtime_a
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -41,6 +42,15 @@ def _dims(min_size: int, max_size: int) -> tuple[dict[int, Dim], ...]:
     return ({2: Dim("height", min=min_size, max=max_size), 3: Dim("width", min=min_size, max=max_size)},)
 
 
+def check_export_support() -> None:
+    """Raise a clear error on torch builds whose `torch.export.export` cannot defer shape guards to runtime
+    asserts (before 2.9): there, dynamic H/W export fails on guards like the one in the module docstring."""
+    if "prefer_deferred_runtime_asserts_over_guards" not in inspect.signature(torch.export.export).parameters:
+        raise RuntimeError(f"exporting with dynamic height/width needs torch >= 2.9 (torch.export's "
+                           f"prefer_deferred_runtime_asserts_over_guards); this is torch {torch.__version__}. "
+                           "Upgrade with: pip install -U 'torch>=2.9' (or install semask[export])")
+
+
 def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_EXAMPLE, batch: int = 1,
                    min_size: int | None = None, max_size: int = 8192) -> ExportedProgram:
     """`torch.export.export` of `model` (in eval mode) with dynamic height and width in [min_size, max_size]
@@ -48,6 +58,7 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
 
     The program's module returns a tuple: (logits, prior_logits) for SeMask models, (logits,) for baselines.
     """
+    check_export_support()
     min_size = min_input_size(model) if min_size is None else min_size
     model = _Logits(model.eval())
     example = torch.randn(batch, 3, *example_size)

@@ -83,3 +83,17 @@ def test_compile_fullgraph_backbone_has_no_graph_breaks(model):
 def test_cli_export_rejects_unknown_format(tmp_path):
     with pytest.raises(SystemExit):
         main(["export", "test_semask_swin_fpn", str(tmp_path / "m.x"), "--format", "tflite"])
+
+
+def test_torch_without_deferred_asserts_gets_a_clear_error(monkeypatch, capsys, tmp_path):
+    """torch < 2.9: `torch.export.export` has no prefer_deferred_runtime_asserts_over_guards -> say what to install."""
+    def old_export(mod, args, kwargs=None, *, dynamic_shapes=None, strict=False, preserve_module_call_signature=()):
+        raise AssertionError("must not be reached")
+
+    monkeypatch.setattr(torch.export, "export", old_export)
+    model = semask.create_model("test_swin_fpn")
+    with pytest.raises(RuntimeError, match=r"torch >= 2\.9.*pip install -U 'torch>=2\.9'"):
+        export_program(model)
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.onnx")]) == 2
+    assert "needs torch >= 2.9" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
