@@ -57,6 +57,24 @@ def time_alternating(variants: dict[str, Callable[[], object]], *, repeats: int,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def peak_bytes(fn: Callable[[], object], device: str) -> int:
+    """Peak memory `fn()` adds. CUDA: `max_memory_allocated` over what was allocated before. CPU: the process's
+    peak RSS (`ru_maxrss`) over its RSS before, so call it in a process that has not peaked higher already."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    import resource
+
+    with open("/proc/self/statm") as f:
+        base = int(f.read().split()[1]) * resource.getpagesize()
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+
+
 def timm_swin(size: str, img: int, device: str) -> torch.nn.Module:
     """timm's Swin with fused attention, `features_only` (the yardstick backbone), at input size `img`."""
     import timm

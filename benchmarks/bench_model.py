@@ -2,6 +2,7 @@
 Swin `features_only` backbone, at the same input size in one process; efficiency; bf16; torch.compile.
 
     python benchmarks/bench_model.py [--device cuda] [--models tiny:512,large:640] [--repeats 5] [--compile]
+    python benchmarks/bench_model.py --whole 1024x2048 [--device cuda] [--bf16]   # memory of one whole image
 
 Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
 the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
@@ -12,9 +13,10 @@ The SDPA backend each attention ran is printed, and the run stops if the window 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
-from _common import check_attention_kernels, time_alternating, timm_swin
+from _common import check_attention_kernels, peak_bytes, time_alternating, timm_swin
 
 import semask
 from semask.flops import count_macs
@@ -105,6 +107,36 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
               f"({tc['eager_mode'] * 1e3:.1f} -> {tc['compiled'] * 1e3:.1f} ms)")
 
 
+def whole_image(hw: tuple[int, int], args: argparse.Namespace) -> None:
+    """Peak memory and time of ONE whole-image inference of SeMask-L FPN (the Cityscapes release's architecture,
+    19 classes, window 12) at H x W, batch 1 — e.g. 1024x2048, a Cityscapes image without sliding windows. Run
+    alone (`--whole` skips everything else) so that the CPU figure (peak RSS growth) is not masked by earlier work."""
+    dev, dtype = args.device, (torch.bfloat16 if args.bf16 else torch.float32)
+    torch.manual_seed(0)
+    model = semask.create_model("semask_swin_large_fpn.cityscapes").eval().to(dev, dtype)
+    x = torch.randn(1, 3, *hw, device=dev, dtype=dtype)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def run() -> None:
+        with torch.inference_mode():
+            model(x, priors=False)
+
+    where = f"{dev} ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else f"{dev}"
+    t = time.perf_counter()
+    try:
+        peak = peak_bytes(run, dev)
+    except torch.OutOfMemoryError as err:
+        print(f"SeMask-L FPN whole image {hw[0]}x{hw[1]} {dtype} on {where}: does NOT fit ({str(err).splitlines()[0]})")
+        return
+    t = time.perf_counter() - t
+    total = f" of {torch.cuda.get_device_properties(dev).total_memory / 2 ** 30:.0f} GiB" if dev.startswith("cuda") \
+        else ""
+    print(f"SeMask-L FPN (Cityscapes, 19 classes) whole image {hw[0]}x{hw[1]}, batch 1, {dtype} on {where}: "
+          f"fits; peak {peak / 2 ** 30:.2f} GiB{total} above the weights ({weights / 2 ** 30:.2f} GiB), {t:.1f} s")
+    with torch.inference_mode():
+        check_attention_kernels(model, lambda: model(x, priors=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -113,7 +145,11 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--whole", help="HxW: only the whole-image SeMask-L memory check at that size (e.g. 1024x2048)")
     args = ap.parse_args()
+    if args.whole:
+        h, w = (int(v) for v in args.whole.lower().split("x"))
+        return whole_image((h, w), args)
     for item in args.models.split(","):
         size, img = item.split(":")
         bench(size, int(img), args)

@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
 import torch
-from _common import time_alternating, timm_swin
+from _common import peak_bytes, time_alternating, timm_swin
 
 import semask
 from semask.backbones.semantic_layer import SemanticLayer
@@ -76,27 +75,11 @@ def build(variant: str, size: int, device: str):
     return step
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() // 1024
-
-
 def child(variant: str, size: int, batch: int, device: str) -> None:
     step = build(variant, size, device)
     x = torch.randn(batch, 3, size, size, device=device)
     labels = labels_for(x)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(x, labels)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        base = _rss_kib() * 1024
-        step(x, labels)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"peak_bytes": peak}))
+    print(json.dumps({"peak_bytes": peak_bytes(lambda: step(x, labels), device)}))
 
 
 def main() -> None:
