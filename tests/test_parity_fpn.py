@@ -47,13 +47,14 @@ def test_outputs_match_original(original_model: semask.Segmentor, case: str, imp
 
 def test_eager_path_is_the_original_formula(original_model: semask.Segmentor) -> None:
     """The eager path computes the original's exact sequence of operations: equal up to float32 rounding, which
-    differs between torch builds (BLAS kernels): bit-identical on the fixtures' build, ~10 ulp apart on torch 2.3."""
+    differs between torch builds (BLAS kernels): bit-identical on torch 2.14.1, ~10 ulp apart on torch 2.3.1; the
+    sdpa path, 2.4e-6 off, fails this tolerance."""
     ref = load_file(FIXTURES / "semask_fpn_tiny_w7__nsq.safetensors")
     original_model.set_attn_impl("eager")
     with torch.no_grad():
         out = original_model(ref["input"], upsample=False)
     original_model.set_attn_impl("sdpa")
-    torch.testing.assert_close(out["logits"], ref["seg_logits"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out["logits"], ref["seg_logits"], atol=1e-6, rtol=2e-6)
 
 
 def test_losses_match_original(original_model: semask.Segmentor) -> None:
