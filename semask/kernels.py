@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch.nn as nn
+from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 
 # aten op recorded by the profiler -> SDPA backend.
@@ -64,20 +65,21 @@ def attention_kernels(model: nn.Module, fn: Callable[[], object],
         while ranges:  # fn raised inside a module: close what is open
             ranges.pop().__exit__(None, None, None)
 
-    found: dict[int, set[str]] = {}  # id of each module-call range -> backends inside it
-    names: dict[int, str] = {}
+    calls: dict[int, tuple[str, set[str]]] = {}  # each module call's range id -> (class name, backends inside)
+
+    def call(ev: FunctionEvent) -> set[str]:
+        return calls.setdefault(ev.id, (ev.name[len(_RANGE):], set()))[1]
+
     for ev in prof.events():
         if ev.name.startswith(_RANGE):
-            found.setdefault(ev.id, set())
-            names[ev.id] = ev.name[len(_RANGE):]
+            call(ev)
         elif ev.name in SDPA_BACKENDS:
             parent = ev.cpu_parent
             while parent is not None and not parent.name.startswith(_RANGE):
                 parent = parent.cpu_parent
             if parent is not None:
-                found.setdefault(parent.id, set()).add(SDPA_BACKENDS[ev.name])
-                names[parent.id] = parent.name[len(_RANGE):]
+                call(parent).add(SDPA_BACKENDS[ev.name])
     out: dict[str, set[str]] = {}
-    for key, backends in found.items():
-        out.setdefault(names[key], set()).update(backends or {PLAIN})
+    for name, backends in calls.values():
+        out.setdefault(name, set()).update(backends or {PLAIN})
     return out

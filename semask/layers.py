@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 T = TypeVar("T")
 
+
 def is_tracing() -> bool:
     """True under torch.compile / torch.export / jit tracing / ONNX export: code paths then avoid Python-side caches
     and branches on (possibly symbolic) sizes, so exported programs stay valid for every input size."""
