@@ -19,13 +19,20 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def round_up(n: int | torch.SymInt, multiple: int) -> int | torch.SymInt:
+    """The smallest multiple of `multiple` that is >= n (a padded size).
+
+    Ceil-div form rather than n + (m - n % m) % m: the same ints, but nested Mod/FloorDiv on symbolic sizes makes
+    torch.export's shape reasoning (sympy) blow up over the stages.
+    """
+    return (n + multiple - 1) // multiple * multiple
+
+
 def pad_hw(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad a [B, H, W, C] grid on the right/bottom to multiples of `multiple` (the original Swin's rule)."""
     _, h, w, _ = x.shape
-    # ceil-div form rather than (m - w % m) % m: the same ints, but nested Mod/FloorDiv on symbolic sizes makes
-    # torch.export's shape reasoning (sympy) blow up over the stages.
-    pad_r = (w + multiple - 1) // multiple * multiple - w
-    pad_b = (h + multiple - 1) // multiple * multiple - h
+    pad_r = round_up(w, multiple) - w
+    pad_b = round_up(h, multiple) - h
     if is_tracing() or pad_r or pad_b:  # traced: always pad (a zero pad is a no-op), no guard on the size
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x
@@ -89,7 +96,7 @@ def _window_index(b: int, h: int, w: int, window: int, shift: int,
     Returns (src [B * Hp * Wp]: the token each window slot takes, pad [B * P]: the slots that are padding,
     pos [B * H * W]: the window slot each token comes back from).
     """
-    hp, wp = -(-h // window) * window, -(-w // window) * window
+    hp, wp = round_up(h, window), round_up(w, window)
     rows = ((torch.arange(hp) + shift) % hp)[:, None].expand(hp, wp)  # rolled by -shift: slot (i, j) <- (i+s, j+s)
     cols = ((torch.arange(wp) + shift) % wp)[None, :].expand(hp, wp)
     valid = (rows < h) & (cols < w)
@@ -128,7 +135,7 @@ def to_windows(x: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
 def from_windows(t: torch.Tensor, window: int, shift: int, h: int, w: int) -> torch.Tensor:
     """Inverse of `to_windows`: [B * nW, window * window, C] -> [B, h, w, C] (reverse, roll back, crop)."""
     c = t.shape[-1]
-    hp, wp = (h + window - 1) // window * window, (w + window - 1) // window * window  # ceil-div form: see pad_hw
+    hp, wp = round_up(h, window), round_up(w, window)
     if is_tracing():
         x = window_reverse(t, window, hp, wp)
         if shift:

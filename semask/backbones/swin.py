@@ -26,6 +26,7 @@ from ..layers import (
     from_windows,
     gelu,
     is_tracing,
+    round_up,
     tensor_cache,
     to_windows,
     window_partition,
@@ -198,7 +199,7 @@ class SwinBlock(nn.Module):
         if s:
             # The eager path keeps the original -100; the others use a value that underflows to exact 0.
             value = MASK_VALUE if self.attn.attn_impl == "eager" else FAST_MASK_VALUE
-            hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws  # ceil-div form: see pad_hw
+            hp, wp = round_up(h, ws), round_up(w, ws)
             mask = (shift_mask_traceable if is_tracing() else shift_mask)(hp, wp, ws, s, x.device, value)
         # pad AFTER norm1 (pad tokens are exact zeros), roll by -s, partition; attention; and back.
         y = self.attn(to_windows(self.norm1(x), ws, s), mask)  # [B * nW, ws * ws, C]
@@ -218,7 +219,7 @@ class PatchMerging(nn.Module):
         """x [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), 2C]."""
         _, h, w, _ = x.shape
         if is_tracing() or h % 2 or w % 2:  # traced: always pad (no guard on symbolic sizes)
-            x = F.pad(x, (0, 0, 0, (w + 1) // 2 * 2 - w, 0, (h + 1) // 2 * 2 - h))  # ceil-div form: see pad_hw
+            x = F.pad(x, (0, 0, 0, round_up(w, 2) - w, 0, round_up(h, 2) - h))
         # The original's order: [0::2, 0::2], [1::2, 0::2], [0::2, 1::2], [1::2, 1::2].
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
@@ -238,7 +239,7 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         h, w = x.shape[-2:]
         if is_tracing() or h % p or w % p:  # traced: always pad (no guard on symbolic sizes)
-            x = F.pad(x, (0, (w + p - 1) // p * p - w, 0, (h + p - 1) // p * p - h))  # ceil-div form: see pad_hw
+            x = F.pad(x, (0, round_up(w, p) - w, 0, round_up(h, p) - h))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
