@@ -63,10 +63,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _size(text: str) -> list[int]:
-    parts = text.lower().replace("x", ",").split(",")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
-    return [int(parts[0]), int(parts[-1])]
+    """argparse type for `--size N|HxW` -> [H, W] (the one size parser, `semask.train.evaluate.parse_size`)."""
+    from .train.evaluate import parse_size
+
+    try:
+        size = parse_size(text.lower())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return [size, size] if isinstance(size, int) else list(size)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

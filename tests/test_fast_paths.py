@@ -107,8 +107,12 @@ def test_cli_info_flops(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["input_size"] == [64, 96] and info["gmacs"] > 0
     assert math.isclose(sum(info["gmacs_by_op"].values()), info["gmacs"], rel_tol=1e-2)
-    with pytest.raises(SystemExit):
-        main(["info", "test_semask_swin_fpn", "--flops", "--size", "big"])
+    assert main(["info", "test_semask_swin_fpn", "--flops", "--size", "64,96"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == [64, 96]
+    for bad in ("big", "0", "64x96x2"):
+        with pytest.raises(SystemExit):
+            main(["info", "test_semask_swin_fpn", "--flops", "--size", bad])
+        assert "a size is N or H,W" in capsys.readouterr().err
 
 
 def test_bf16_runs_on_every_attn_impl():

@@ -59,7 +59,7 @@ class EvalProtocol:
 
 
 def parse_size(text: str | None) -> int | tuple[int, int] | None:
-    """'512' -> 512, '512,1024' -> (512, 1024) (H, W); None stays None."""
+    """'512' -> 512, '512,1024' or '512x1024' -> (512, 1024) (H, W); None stays None."""
     if text is None:
         return None
     try:
