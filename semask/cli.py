@@ -100,7 +100,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 def _cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .infer import MS_RATIOS, Predictor
+    from .infer import Predictor, aug_test
     from .viz import save_prediction
 
     src = Path(args.input)
@@ -113,7 +113,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     else:
         raise FileNotFoundError(f"no such image or folder: {src}")
     predictor = Predictor(args.model, weights=args.weights, device=args.device, mode=args.mode,
-                          scales=MS_RATIOS if args.tta else (1.0,), flip=args.tta, max_pixels=args.max_pixels)
+                          max_pixels=args.max_pixels, **aug_test(args.tta))
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
@@ -184,15 +184,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .infer import aug_test
     from .train import load_config
-    from .train.evaluate import MS_RATIOS, EvalProtocol, parse_size
+    from .train.evaluate import EvalProtocol, parse_size
     from .train.metrics import format_table
     from .train.trainer import evaluate_checkpoint
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
     protocol = EvalProtocol(mode=args.mode, crop=parse_size(args.crop), stride=parse_size(args.stride),
-                            scales=MS_RATIOS if args.tta else (1.0,), flip=args.tta)
+                            **aug_test(args.tta))
     metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split, protocol=protocol)
     if _is_main_process():
         scale = config.data.test_scale

@@ -26,6 +26,11 @@ from .data.palettes import ClassInfo, get_class_info
 _log = logging.getLogger(__name__)
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg `tools/test.py --aug-test`
+
+
+def aug_test(enabled: bool) -> dict[str, Any]:
+    """`scales` / `flip` keywords (Predictor, EvalProtocol) for mmseg's `--aug-test` (MS_RATIOS + flip) or one pass."""
+    return {"scales": MS_RATIOS if enabled else (1.0,), "flip": enabled}
 DEFAULT_MAX_PIXELS = 4096 * 4096  # the final [K, H, W] probabilities are float32 at the original size
 # The paper's protocol for models without a tag: ADE20K-style 512-crop models, short side = crop 512.
 DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),

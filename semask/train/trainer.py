@@ -33,9 +33,10 @@ from ..data import (
     collate,
     train_transforms,
 )
+from ..infer import aug_test
 from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
 from .config import TrainConfig
-from .evaluate import MS_RATIOS, EvalProtocol, evaluate
+from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
 from .metrics import format_table
@@ -56,7 +57,6 @@ def init_distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-
 def _criterion(model: nn.Module, c: TrainConfig) -> tuple[nn.Module, bool]:
     """The training loss for the model's decoder, and whether it wants outputs at the input resolution.
 
@@ -69,6 +69,7 @@ def _criterion(model: nn.Module, c: TrainConfig) -> tuple[nn.Module, bool]:
         return MaskClassificationLoss.from_config(config, prior_weight=c.prior_loss_weight), True
     return SeMaskLoss(prior_weight=c.prior_loss_weight, reduction=c.loss_reduction,
                       ohem_min_kept=c.ohem_min_kept), False
+
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None,
@@ -95,8 +96,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = progress and self.rank == 0
         self.eval_protocol = eval_protocol or EvalProtocol(
-            mode=c.eval_mode, crop=c.eval_crop, stride=c.eval_stride, scales=MS_RATIOS if c.eval_tta else (1.0,),
-            flip=c.eval_tta)
+            mode=c.eval_mode, crop=c.eval_crop, stride=c.eval_stride, **aug_test(c.eval_tta))
         torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
 
         d = c.data
