@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import ModelConfig
+from ...layers import round_up
 from ...segmentor import Segmentor
 from .common import semantic_head
 from .pixel_decoder import FPNPixelDecoder, MSDeformAttnPixelDecoder
@@ -79,7 +80,7 @@ class MaskFormerSegmentor(Segmentor):
         `priors=False` skips "prior_logits"."""
         h, w = images.shape[-2:]
         d = self.config.size_divisibility
-        pad_b, pad_r = (d - h % d) % d, (d - w % d) % d
+        pad_b, pad_r = round_up(h, d) - h, round_up(w, d) - w
         x = F.pad(images, (0, pad_r, 0, pad_b)) if (pad_b or pad_r) else images
         feats, stage_priors = self.backbone(x)
         out = self.sem_seg_head(feats)
