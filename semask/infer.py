@@ -31,7 +31,7 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg `tools/test.py --aug-test
 def aug_test(enabled: bool) -> dict[str, Any]:
     """`scales` / `flip` keywords (Predictor, EvalProtocol) for mmseg's `--aug-test` (MS_RATIOS + flip) or one pass."""
     return {"scales": MS_RATIOS if enabled else (1.0,), "flip": enabled}
-DEFAULT_MAX_PIXELS = 4096 * 4096  # the final [K, H, W] probabilities are float32 at the original size
+DEFAULT_MAX_PIXELS = 4096 * 4096  # multi-scale / flip / probs=True hold float32 [K, H, W] at the original size
 # The paper's protocol for models without a tag: ADE20K-style 512-crop models, short side = crop 512.
 DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
                              crop_size=(512, 512), reduce_zero_label=False)
@@ -162,17 +162,46 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def _max_softmax(logits: torch.Tensor, band_bytes: int = 4 << 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """[K, H, W] logits -> (confidence [H, W], labels [H, W]) = `logits.softmax(0).max(0)`, computed in bands of
-    rows (softmax and max are per pixel, so the values are the same) without a [K, H, W] probability map: a
-    150-class 512² image would allocate and page-fault 150 MiB for it."""
-    k, h, w = logits.shape
-    conf = logits.new_empty(h, w)
-    labels = torch.empty(h, w, dtype=torch.long, device=logits.device)
-    rows = max(1, band_bytes // max(1, k * w * logits.element_size()))
-    for r in range(0, h, rows):
-        torch.max(logits[:, r:r + rows].softmax(0), 0, out=(conf[r:r + rows], labels[r:r + rows]))
-    return conf, labels
+FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
+
+
+def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int = 4 << 20,
+                 full_map_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[K, h, w] logits -> (confidence [H, W], labels [H, W]) of `resize(logits, size).softmax(0).max(0)`.
+
+    Small outputs: resize, then softmax and max in bands of rows (both are per pixel, so the values are the same)
+    without a [K, H, W] probability map. Outputs above `full_map_bytes` (a 150-class 12-megapixel photo would
+    take 7 GiB): no [K, H, W] map at all; classes are resized a chunk at a time (bilinear resize is per channel, so
+    each chunk's values are those of the full resize) and folded into a running max / arg-max and a rescaled sum of
+    exponentials (the online softmax of flash attention): confidence = 1 / sum(exp(logit - max)).
+    `full_map_bytes` defaults to `FULL_MAP_BYTES`."""
+    k, (h, w) = logits.shape[0], tuple(size)
+    full_map_bytes = FULL_MAP_BYTES if full_map_bytes is None else full_map_bytes
+    if k * h * w * logits.element_size() <= full_map_bytes:
+        full = _resize(logits[None], (h, w))[0]
+        conf = full.new_empty(h, w)
+        labels = torch.empty(h, w, dtype=torch.long, device=full.device)
+        rows = max(1, band_bytes // max(1, k * w * full.element_size()))
+        for r in range(0, h, rows):
+            torch.max(full[:, r:r + rows].softmax(0), 0, out=(conf[r:r + rows], labels[r:r + rows]))
+        return conf, labels
+    per = max(1, full_map_bytes // (h * w * logits.element_size()))
+    resized = tuple(logits.shape[1:]) != (h, w)  # else the chunks are views of `logits`: no in-place ops on them
+    top = total = labels = None
+    for c0 in range(0, k, per):
+        chunk = _resize(logits[None, c0:c0 + per], (h, w))[0]  # [per, H, W]
+        chunk_top, chunk_labels = chunk.max(0)
+        new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
+        exp_sum = (chunk.sub_(new_top) if resized else chunk - new_top).exp_().sum(0)
+        if top is None:
+            top, labels, total = chunk_top, chunk_labels, exp_sum
+            continue
+        # strictly greater: on a tie the lower class index wins, as torch.max does within a chunk
+        labels = torch.where(chunk_top > top, chunk_labels + c0, labels)
+        total = total.mul_(top.sub_(new_top).exp_()).add_(exp_sum)
+        top = new_top
+    assert total is not None and labels is not None
+    return total.reciprocal_(), labels
 
 
 # ----------------------------------------------------------------------------------------------- result
@@ -312,7 +341,7 @@ class Predictor:
                 if ratio == prior_ratio and not flip:
                     priors = [p[0].float().cpu() for p in stage_priors]
                 if single:
-                    conf, labels = _max_softmax(_resize(logits, (h, w))[0])
+                    conf, labels = _max_softmax(logits[0], (h, w))
                     return self._result(image, labels, conf, priors, None)
                 prob = _resize(logits, (h, w)).softmax(1)  # [1, K, H, W]
                 prob = prob.flip(-1) if flip else prob

@@ -50,10 +50,47 @@ def test_single_pass_labels_without_a_probability_map(model, hw):
     assert all(torch.equal(a, b) for a, b in zip(fast.priors, full.priors, strict=True))
     logits = torch.randn(6, 29, 13) * 4  # bands of one row, and one band for all: the same as one softmax
     for band in (1, 10 ** 9):
-        conf, labels = _max_softmax(logits, band_bytes=band)
+        conf, labels = _max_softmax(logits, (29, 13), band_bytes=band)
         ref_conf, ref_labels = logits.softmax(0).max(0)
         assert torch.equal(labels, ref_labels)
         torch.testing.assert_close(conf, ref_conf, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(29, 13), (61, 40), (10, 7)])  # same size, upsampled, downsampled
+@pytest.mark.parametrize("classes_per_chunk", [1, 3, 7])
+def test_large_outputs_fold_class_chunks_without_a_full_map(size, classes_per_chunk):
+    """Above `full_map_bytes` the classes are resized a chunk at a time into a running max and rescaled sum of
+    exponentials (7 classes: chunks of 1, 3 + 3 + 1, all): the labels and confidence of the full map's softmax."""
+    from semask.infer import _max_softmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(7, 29, 13) * 6
+    logits[3, :5] = logits[5, :5] = 50.0  # exact ties across chunks: the lower class wins, as torch.max
+    before = logits.clone()
+    full = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    ref_conf, ref_labels = full.softmax(0).max(0)
+    budget = classes_per_chunk * size[0] * size[1] * 4
+    conf, labels = _max_softmax(logits, size, full_map_bytes=budget)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(conf, ref_conf, atol=1e-6, rtol=0)
+    assert torch.equal(logits, before)  # unresized chunks are views of the logits: never written
+
+
+def test_predictor_bounds_the_single_pass_output_map(model, monkeypatch):
+    """A photo far above the test scale: the single pass gives the same result with the full-map budget forced
+    down to one class per chunk (what a 150-class 12-megapixel image gets with the default 512 MiB)."""
+    import semask.infer as infer
+
+    img = _image(120, 90, seed=5)
+    whole = Predictor(model, test_scale=SMALL)(img)
+    monkeypatch.setattr(infer, "FULL_MAP_BYTES", 120 * 90 * 4)
+    resized = []
+    resize = infer._resize
+    monkeypatch.setattr(infer, "_resize", lambda x, size: resized.append(x.shape[1]) or resize(x, size))
+    chunked = Predictor(model, test_scale=SMALL)(img)
+    assert resized[-5:] == [1] * 5  # the logits went to the original size one class at a time
+    np.testing.assert_array_equal(chunked.labels, whole.labels)
+    np.testing.assert_allclose(chunked.confidence, whole.confidence, rtol=0, atol=1e-6)
 
 
 def test_rescale_size_is_mmcv_keep_ratio():
