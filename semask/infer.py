@@ -204,6 +204,16 @@ def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int =
     return total.reciprocal_(), labels
 
 
+def _add_softmax(total: torch.Tensor, logits: torch.Tensor, *, flip: bool = False, band_bytes: int = 4 << 20) -> None:
+    """`total += logits.softmax(0)` ([K, H, W]; mirrored left-right if `flip`), in bands of rows so that neither
+    the probabilities nor their mirror image is a second [K, H, W] map (the sums are the same)."""
+    k, h, w = logits.shape
+    rows = max(1, band_bytes // max(1, k * w * logits.element_size()))
+    for r in range(0, h, rows):
+        prob = logits[:, r:r + rows].softmax(0)
+        total[:, r:r + rows] += prob.flip(-1) if flip else prob
+
+
 # ----------------------------------------------------------------------------------------------- result
 @dataclass
 class Prediction:
@@ -343,12 +353,13 @@ class Predictor:
                 if single:
                     conf, labels = _max_softmax(logits[0], (h, w))
                     return self._result(image, labels, conf, priors, None)
-                prob = _resize(logits, (h, w)).softmax(1)  # [1, K, H, W]
-                prob = prob.flip(-1) if flip else prob
-                total = prob if total is None else total + prob
+                if total is None:
+                    total = logits.new_zeros(logits.shape[1], h, w)  # [K, H, W]
+                # no name holds the resized map, so it is freed before the next view's is made
+                _add_softmax(total, _resize(logits, (h, w))[0], flip=flip)
                 n += 1
         assert total is not None
-        avg = total[0] / n if n > 1 else total[0]  # [K, H, W]; one view needs no [K, H, W] copy divided by 1
+        avg = total.div_(n) if n > 1 else total  # [K, H, W]
         conf, labels = avg.max(0)
         return self._result(image, labels, conf, priors, avg.float().cpu() if want_probs else None)
 

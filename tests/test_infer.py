@@ -56,6 +56,21 @@ def test_single_pass_labels_without_a_probability_map(model, hw):
         torch.testing.assert_close(conf, ref_conf, atol=1e-7, rtol=0)
 
 
+def test_softmax_is_accumulated_in_bands():
+    """Multi-scale / flip averaging adds each view's softmax (mirrored for flipped views) in bands of rows: the sums
+    of whole probability maps (a band's softmax may round differently in the last bit)."""
+    from semask.infer import _add_softmax
+
+    torch.manual_seed(0)
+    views = [torch.randn(6, 29, 13) * 4 for _ in range(3)]
+    ref = views[0].softmax(0) + views[1].softmax(0).flip(-1) + views[2].softmax(0)
+    for band in (1, 10 ** 9):
+        total = torch.zeros(6, 29, 13)
+        for i, v in enumerate(views):
+            _add_softmax(total, v, flip=i == 1, band_bytes=band)
+        torch.testing.assert_close(total, ref, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("size", [(29, 13), (61, 40), (10, 7)])  # same size, upsampled, downsampled
 @pytest.mark.parametrize("classes_per_chunk", [1, 3, 7])
 def test_large_outputs_fold_class_chunks_without_a_full_map(size, classes_per_chunk):
