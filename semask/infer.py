@@ -162,6 +162,13 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _row_bands(x: torch.Tensor, band_bytes: int) -> list[slice]:
+    """Slices of rows of a [K, H, W] map, each about `band_bytes` (at least one row)."""
+    k, h, w = x.shape
+    rows = max(1, band_bytes // max(1, k * w * x.element_size()))
+    return [slice(r, r + rows) for r in range(0, h, rows)]
+
+
 FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
 
 
@@ -181,9 +188,8 @@ def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int =
         full = _resize(logits[None], (h, w))[0]
         conf = full.new_empty(h, w)
         labels = torch.empty(h, w, dtype=torch.long, device=full.device)
-        rows = max(1, band_bytes // max(1, k * w * full.element_size()))
-        for r in range(0, h, rows):
-            torch.max(full[:, r:r + rows].softmax(0), 0, out=(conf[r:r + rows], labels[r:r + rows]))
+        for band in _row_bands(full, band_bytes):
+            torch.max(full[:, band].softmax(0), 0, out=(conf[band], labels[band]))
         return conf, labels
     per = max(1, full_map_bytes // (h * w * logits.element_size()))
     resized = tuple(logits.shape[1:]) != (h, w)  # else the chunks are views of `logits`: no in-place ops on them
@@ -207,11 +213,9 @@ def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int =
 def _add_softmax(total: torch.Tensor, logits: torch.Tensor, *, flip: bool = False, band_bytes: int = 4 << 20) -> None:
     """`total += logits.softmax(0)` ([K, H, W]; mirrored left-right if `flip`), in bands of rows so that neither
     the probabilities nor their mirror image is a second [K, H, W] map (the sums are the same)."""
-    k, h, w = logits.shape
-    rows = max(1, band_bytes // max(1, k * w * logits.element_size()))
-    for r in range(0, h, rows):
-        prob = logits[:, r:r + rows].softmax(0)
-        total[:, r:r + rows] += prob.flip(-1) if flip else prob
+    for band in _row_bands(logits, band_bytes):
+        prob = logits[:, band].softmax(0)
+        total[:, band] += prob.flip(-1) if flip else prob
 
 
 # ----------------------------------------------------------------------------------------------- result
