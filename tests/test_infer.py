@@ -75,12 +75,13 @@ def test_softmax_is_accumulated_in_bands():
 @pytest.mark.parametrize("classes_per_chunk", [1, 3, 7])
 def test_large_outputs_fold_class_chunks_without_a_full_map(size, classes_per_chunk):
     """Above `full_map_bytes` the classes are resized a chunk at a time into a running max and rescaled sum of
-    exponentials (7 classes: chunks of 1, 3 + 3 + 1, all): the labels and confidence of the full map's softmax."""
+    exponentials (7 classes: chunks of 1 or 3 + 3 + 1; a budget of all 7 takes the resize + row-band path): the
+    labels and confidence of the full map's softmax."""
     from semask.infer import _max_softmax
 
     torch.manual_seed(0)
     logits = torch.randn(7, 29, 13) * 6
-    logits[3, :5] = logits[5, :5] = 50.0  # exact ties across chunks: the lower class wins, as torch.max
+    logits[3, :5] = logits[5, :5] = 50.0  # exact ties (across chunks of 1, within one of 3): the lower class wins
     before = logits.clone()
     full = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
     ref_conf, ref_labels = full.softmax(0).max(0)
@@ -93,7 +94,8 @@ def test_large_outputs_fold_class_chunks_without_a_full_map(size, classes_per_ch
 
 def test_predictor_bounds_the_single_pass_output_map(model, monkeypatch):
     """A photo far above the test scale: the single pass gives the same result with the full-map budget forced
-    down to one class per chunk (what a 150-class 12-megapixel image gets with the default 512 MiB)."""
+    down to one class per chunk (as a 150-class map above the default 512 MiB is folded, 11 classes at a time for
+    12 megapixels)."""
     import semask.infer as infer
 
     img = _image(120, 90, seed=5)
