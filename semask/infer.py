@@ -26,15 +26,16 @@ from .data.palettes import ClassInfo, get_class_info
 _log = logging.getLogger(__name__)
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg `tools/test.py --aug-test`
+DEFAULT_MAX_PIXELS = 4096 * 4096  # multi-scale / flip / probs=True hold float32 [K, H, W] at the original size
+# The paper's protocol for models without a tag: ADE20K-style 512-crop models, short side = crop 512.
+DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
+                             crop_size=(512, 512), reduce_zero_label=False)
+FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
 
 
 def aug_test(enabled: bool) -> dict[str, Any]:
     """`scales` / `flip` keywords (Predictor, EvalProtocol) for mmseg's `--aug-test` (MS_RATIOS + flip) or one pass."""
     return {"scales": MS_RATIOS if enabled else (1.0,), "flip": enabled}
-DEFAULT_MAX_PIXELS = 4096 * 4096  # multi-scale / flip / probs=True hold float32 [K, H, W] at the original size
-# The paper's protocol for models without a tag: ADE20K-style 512-crop models, short side = crop 512.
-DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
-                             crop_size=(512, 512), reduce_zero_label=False)
 
 
 # ----------------------------------------------------------------------------------------------- image loading
@@ -167,9 +168,6 @@ def _row_bands(x: torch.Tensor, band_bytes: int) -> list[slice]:
     k, h, w = x.shape
     rows = max(1, band_bytes // max(1, k * w * x.element_size()))
     return [slice(r, r + rows) for r in range(0, h, rows)]
-
-
-FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
 
 
 def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int = 4 << 20,
