@@ -1,7 +1,9 @@
 """Deployment: `torch.export` programs and ONNX files with dynamic H/W, and a fullgraph-compilable backbone.
 
-Traced code paths (see `semask.layers.is_tracing`) avoid the Python-side bias cache, build the shift mask from
-tensor ops, always pad (a zero pad is a no-op) and crop by gathering, so one program serves every input size.
+Every family exports: Semantic-FPN, SegFormer, and the mask-classification models (MaskFormer, Mask2Former, FaPN,
+MSFaPN). Traced code paths (see `semask.layers.is_tracing`) avoid the Python-side bias cache, build the shift mask
+from tensor ops, always pad (a zero pad is a no-op) and crop by gathering, so one program serves every input size;
+FaPN's deformable convolution takes its `grid_sample` form (an ONNX GridSample, no torchvision op).
 The shape guards torch.export cannot prove on its own (e.g. `ceil(h/7) % (7 * ceil(h/7)) != 0`, true for every
 valid size) become runtime assertions in the program (`prefer_deferred_runtime_asserts_over_guards`).
 """
@@ -57,6 +59,8 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
     (default min: `min_input_size(model)`, 225 for window 7, 385 for window 12).
 
     The program's module returns a tuple: (logits, prior_logits) for SeMask models, (logits,) for baselines.
+    Mask-classification models' "logits" are their semantic scores (softmax(class) · sigmoid(mask) summed over
+    queries, see `semantic_inference`): argmax them.
     """
     check_export_support()
     min_size = min_input_size(model) if min_size is None else min_size

@@ -38,16 +38,17 @@ def pad_hw(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
-def crop_hw(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """[B, Hp, Wp, C] -> [B, h, w, C], the top-left part (undoes `pad_hw`).
+def crop_hw(x: torch.Tensor, h: int, w: int, dim: int = 1) -> torch.Tensor:
+    """The top-left h×w part of a map whose height is dim `dim` and width dim `dim + 1` (undoes a right/bottom
+    pad): [B, Hp, Wp, C] -> [B, h, w, C] by default (`pad_hw`), [B, C, Hp, Wp] -> [B, C, h, w] with dim=2.
 
     Traced, it gathers with `index_select`: a slice `x[:, :h]` makes torch.export guard on `h == Hp` (no padding
     was needed for the example input), which would pin the exported program to inputs padded like the example.
     """
     if not is_tracing():
-        return x[:, :h, :w]
-    x = x.index_select(1, torch.arange(h, device=x.device))
-    return x.index_select(2, torch.arange(w, device=x.device))
+        return x.narrow(dim, 0, h).narrow(dim + 1, 0, w)
+    x = x.index_select(dim, torch.arange(h, device=x.device))
+    return x.index_select(dim + 1, torch.arange(w, device=x.device))
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import semask
 from semask.cli import main
 from semask.export import export_program, min_input_size
 
-from .conftest import randomize_gammas
+from .conftest import perturb_weights, randomize_gammas
 
 EXAMPLE = (256, 320)  # traced size; the checks below use other sizes
 SIZES = [(240, 300), (333, 250)]
@@ -78,6 +78,61 @@ def test_compile_fullgraph_backbone_has_no_graph_breaks(model):
         ref_feats, ref_priors = model.backbone(x)
     for a, b in zip(feats + priors, ref_feats + ref_priors, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+# The mask-classification family: MaskFormer (FPN pixel decoder, DETR decoder), Mask2Former (deformable-attention
+# pixel decoder, masked decoder) and both FaPN variants (deformable convolutions in the pixel decoder).
+MASK_ARCHS = ["test_semask_maskformer", "test_semask_mask2former", "test_semask_fapn_mask2former",
+              "test_semask_msfapn_mask2former"]
+# ONNX for the two that hold every piece between them (FPN and deformable pixel decoders, FeatureAlign, both
+# transformer decoders): an ONNX conversion takes ~30 s each here.
+MASK_ONNX = ["test_semask_maskformer", "test_semask_msfapn_mask2former"]
+
+
+@pytest.fixture(scope="module", params=MASK_ARCHS)
+def mask_model(request):
+    """Weights moved off their init: the deformable offsets and attention weights start at exactly 0, which would
+    leave every sampling point on the pixel grid and hide a wrong traced sampling path."""
+    torch.manual_seed(0)
+    m = semask.create_model(request.param).eval()
+    perturb_weights(m)
+    randomize_gammas(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def mask_program(mask_model):
+    return export_program(mask_model, example_size=EXAMPLE)
+
+
+def test_mask_classification_torch_export_dynamic_shapes(mask_model, mask_program):
+    """Padded to a multiple of 32 and cropped back at sizes that pad differently from the example (256 x 320 needs
+    no padding); eager runs torchvision's deformable convolution, the program the pure-PyTorch one."""
+    assert min_input_size(mask_model) == 225
+    for size in SIZES:
+        x = torch.randn(1, 3, *size)
+        got = mask_program.module()(x)
+        assert got[0].shape == (1, 5, *size)
+        for a, b in zip(got, _reference(mask_model, x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    nodes = {str(n.target) for n in mask_program.graph.nodes if n.op == "call_function"}
+    assert not any(t.startswith("torchvision") for t in nodes)  # portable: no torchvision op in the program
+
+
+@pytest.mark.parametrize("mask_model", MASK_ONNX, indirect=True)
+def test_mask_classification_onnx_export_with_onnxruntime(mask_model, mask_program, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
+    from semask.export import export_onnx
+
+    path = export_onnx(mask_program, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "prior_logits"]
+    for size in SIZES:
+        x = torch.randn(1, 3, *size)
+        got = session.run(None, {"images": x.numpy()})
+        for a, b in zip(got, _reference(mask_model, x), strict=True):
+            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)
 
 
 def test_cli_export_rejects_unknown_format(tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...layers import is_tracing
 from .common import Conv2dNorm
 
 try:  # an optional dependency: timm pulls it in, but inference must not need it
@@ -47,8 +48,11 @@ def deform_conv2d_torch(x: torch.Tensor, offset: torch.Tensor, weight: torch.Ten
 
 def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                             mask: torch.Tensor, *, padding: int = 1, impl: str = "auto") -> torch.Tensor:
-    """DCNv2 with torchvision ("auto" when available, or "torchvision") or the pure-PyTorch version ("torch")."""
-    if impl == "torchvision" or (impl == "auto" and _tv_deform_conv2d is not None):
+    """DCNv2 with torchvision ("auto" when available, or "torchvision") or the pure-PyTorch version ("torch").
+
+    "auto" takes the pure-PyTorch version when traced: an exported program then needs no torchvision op, and its
+    `grid_sample` is a standard ONNX operator (GridSample) where torchvision's op has no ONNX Runtime kernel."""
+    if impl == "torchvision" or (impl == "auto" and _tv_deform_conv2d is not None and not is_tracing()):
         if _tv_deform_conv2d is None:
             raise ValueError("impl='torchvision' needs torchvision; use impl='torch'")
         return _tv_deform_conv2d(x, offset, weight, bias, padding=(padding, padding), mask=mask)
@@ -91,7 +95,7 @@ class FeatureAlign(nn.Module):
         self.dcpack_L2 = DCN(channels, channels, deformable_groups=8)
 
     def forward(self, feat_l: torch.Tensor, feat_s: torch.Tensor) -> torch.Tensor:
-        if feat_l.shape[-2:] != feat_s.shape[-2:]:
+        if is_tracing() or feat_l.shape[-2:] != feat_s.shape[-2:]:  # same-size bilinear is an exact identity
             feat_s = F.interpolate(feat_s, feat_l.shape[-2:], mode="bilinear", align_corners=False)
         offset = self.offset(torch.cat([feat_l, feat_s * 2], dim=1))
         return F.relu(self.dcpack_L2(feat_s, offset)) + feat_l

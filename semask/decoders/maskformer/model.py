@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import ModelConfig
-from ...layers import round_up
+from ...layers import crop_hw, is_tracing, round_up
 from ...segmentor import Segmentor
 from .common import semantic_head
 from .pixel_decoder import FPNPixelDecoder, MSDeformAttnPixelDecoder
@@ -81,7 +81,8 @@ class MaskFormerSegmentor(Segmentor):
         h, w = images.shape[-2:]
         d = self.config.size_divisibility
         pad_b, pad_r = round_up(h, d) - h, round_up(w, d) - w
-        x = F.pad(images, (0, pad_r, 0, pad_b)) if (pad_b or pad_r) else images
+        # Traced: always pad (a zero pad is a no-op), so the program has no branch on its input size.
+        x = F.pad(images, (0, pad_r, 0, pad_b)) if (is_tracing() or pad_b or pad_r) else images
         feats, stage_priors = self.backbone(x)
         out = self.sem_seg_head(feats)
         if not self.training:
@@ -95,7 +96,5 @@ class MaskFormerSegmentor(Segmentor):
             out["prior_logits"] = prior if upsample else F.interpolate(
                 prior, size=out["pred_masks"].shape[-2:], mode="bilinear", align_corners=False)
         if upsample:
-            out["logits"] = out["logits"][..., :h, :w]
-            if "prior_logits" in out:
-                out["prior_logits"] = out["prior_logits"][..., :h, :w]
+            out.update({k: crop_hw(out[k], h, w, dim=2) for k in ("logits", "prior_logits") if k in out})
         return out

@@ -124,9 +124,10 @@ class MSDeformAttnEncoder(nn.Module):
         """Pixel centres of every level, normalised to [0, 1] -> [1, S, L, 2] (x, y)."""
         refs = []
         for h, w in shapes:
-            ry, rx = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                                    torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
-                                    indexing="ij")
+            # arange + 0.5 = the original's linspace(0.5, n - 0.5, n) exactly (its step is exactly 1), and it
+            # takes a symbolic n when traced
+            ry, rx = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                                    torch.arange(w, dtype=torch.float32, device=device) + 0.5, indexing="ij")
             refs.append(torch.stack((rx.reshape(-1) / w, ry.reshape(-1) / h), -1))
         return torch.cat(refs, 0)[None, :, None].expand(1, -1, len(shapes), 2)
 

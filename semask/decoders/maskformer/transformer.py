@@ -168,7 +168,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                                                         self.transformer_self_attention_layers,
                                                         self.transformer_ffn_layers, strict=True)):
             lvl = i % self.num_feature_levels
-            attn[attn.sum(-1) == attn.shape[-1]] = False
+            attn = attn & ~attn.all(-1, keepdim=True)  # a fully masked query attends everywhere
             output = cross(output, src[lvl], pos=pos[lvl], query_pos=query_pos, attn_mask=attn)
             output = self_attn(output, output, pos=query_pos, query_pos=query_pos)
             output = ffn(output)
