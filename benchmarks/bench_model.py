@@ -3,6 +3,7 @@ Swin `features_only` backbone, at the same input size in one process; efficiency
 
     python benchmarks/bench_model.py [--device cuda] [--models tiny:512,large:640] [--repeats 5] [--compile]
     python benchmarks/bench_model.py --whole 1024x2048 [--device cuda] [--bf16]   # memory of one whole image
+    python benchmarks/bench_model.py --onnx [--models tiny:512]   # + the exported ONNX file in ONNX Runtime (CPU)
 
 Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
 the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
@@ -13,7 +14,9 @@ The SDPA backend each attention ran is printed, and the run stops if the window 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _common import check_attention_kernels, peak_bytes, time_alternating, timm_swin
@@ -97,6 +100,9 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
                 except RuntimeError as err:
                     print(f"  {backend.name}: not usable ({str(err).splitlines()[0][:80]})")
 
+    if args.onnx:
+        onnx_vs_eager(model, x, args)
+
     if args.compile:
         compiled = torch.compile(model.backbone)
         with torch.inference_mode():
@@ -105,6 +111,36 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
                                   repeats=args.repeats, device=dev)
         print(f"  torch.compile backbone: {tc['eager_mode'] / tc['compiled']:.2f}x "
               f"({tc['eager_mode'] * 1e3:.1f} -> {tc['compiled'] * 1e3:.1f} ms)")
+
+
+def onnx_vs_eager(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> None:
+    """The model exported to ONNX (`semask.export.export_onnx`, traced at this size) and run by ONNX Runtime's CPU
+    provider with torch's thread count, timed against eager PyTorch in one alternated run. The file carries both
+    outputs, so the eager side is `model(x)` with its priors."""
+    if args.device != "cpu":
+        print("  onnx: CPU only (ONNX Runtime's CPU provider); skipped on", args.device)
+        return
+    import onnxruntime as ort
+
+    from semask.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        path = export_onnx(model, Path(tmp) / "model.onnx", example_size=tuple(x.shape[-2:]))
+        t_export = time.perf_counter() - t
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {"images": x.numpy()}
+        with torch.inference_mode():
+            ref = model(x)
+            got = session.run(None, feed)
+            diff = max((torch.from_numpy(a) - ref[k]).abs().max().item()
+                       for a, k in zip(got, ("logits", "prior_logits"), strict=False))
+            t = time_alternating({"eager": lambda: model(x), "onnxruntime": lambda: session.run(None, feed)},
+                                 repeats=args.repeats, device="cpu")
+    print(f"  onnx (exported in {t_export:.0f} s, max |diff| {diff:.1e}): onnxruntime {t['onnxruntime'] * 1e3:.1f} ms"
+          f" vs eager {t['eager'] * 1e3:.1f} ms ({t['eager'] / t['onnxruntime']:.2f}x)")
 
 
 def whole_image(hw: tuple[int, int], args: argparse.Namespace) -> None:
@@ -143,6 +179,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="also time the exported ONNX file in ONNX Runtime (CPU)")
     ap.add_argument("--whole", help="HxW: only the whole-image SeMask-L memory check at that size (e.g. 1024x2048)")
     args = ap.parse_args()
     if args.whole:
