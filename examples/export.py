@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import semask
-from semask.export import export_onnx, export_program
+from semask.export import deployment_metadata, export_onnx, export_program
 
 
 def main() -> None:
@@ -28,7 +28,8 @@ def main() -> None:
 
     program = export_program(model)  # traced at 512x512, valid for other sizes
     torch.export.save(program, out / "model.pt2")
-    onnx_path = export_onnx(program, out / "model.onnx")
+    # the file carries the preprocessing and classes (examples/onnx_segment.py runs it without torch)
+    onnx_path = export_onnx(program, out / "model.onnx", metadata=deployment_metadata(model))
     print(f"wrote {out / 'model.pt2'} and {onnx_path}")
 
     h, w = (int(v) for v in args.check_size.split("x"))

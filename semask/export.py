@@ -11,7 +11,9 @@ valid size) become runtime assertions in the program (`prefer_deferred_runtime_a
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,6 +21,7 @@ from torch.export import Dim, ExportedProgram
 
 # The example input is traced, not baked in; it must give every stage more than one window (see min_input_size).
 DEFAULT_EXAMPLE = (512, 512)
+MAX_SIZE = 8192  # the largest H/W an exported program accepts by default
 
 
 class _Logits(nn.Module):
@@ -54,7 +57,7 @@ def check_export_support() -> None:
 
 
 def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_EXAMPLE, batch: int = 1,
-                   min_size: int | None = None, max_size: int = 8192) -> ExportedProgram:
+                   min_size: int | None = None, max_size: int = MAX_SIZE) -> ExportedProgram:
     """`torch.export.export` of `model` (in eval mode) with dynamic height and width in [min_size, max_size]
     (default min: `min_input_size(model)`, 225 for window 7, 385 for window 12).
 
@@ -70,19 +73,71 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
+def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_size: int = MAX_SIZE
+                        ) -> dict[str, Any]:
+    """What a runtime needs besides the graph to segment an image as the `Predictor` does (JSON-ready): the
+    weights' preprocessing, the classes (names, palette, the offset of the dataset's label ids) and what the
+    outputs are. `export_onnx` writes it into the file as metadata_props["semask"];
+    `examples/onnx_segment.py` follows it with numpy, Pillow and onnxruntime alone."""
+    from .data.palettes import get_class_info
+    from .infer import model_preprocessing
+
+    cfg = model.config
+    pre, dataset = model_preprocessing(model)
+    try:
+        classes = get_class_info(dataset, cfg.num_classes)
+    except ValueError:  # a tag's dataset but another class count (a re-headed model): generic names
+        classes = get_class_info(None, cfg.num_classes)
+    scores = ("semantic scores (softmax(class) x sigmoid(mask) summed over queries)"
+              if cfg.decoder not in ("fpn", "segformer") else "class logits")
+    return {
+        "arch": cfg.arch,
+        "tag": (getattr(model, "pretrained_cfg", None) or {}).get("name"),  # whose preprocessing and classes
+        "num_classes": cfg.num_classes,
+        "dataset": classes.name,
+        "class_names": list(classes.names),
+        "palette": classes.palette.tolist(),
+        "label_offset": classes.label_offset,
+        "input": {
+            "name": "images", "shape": "[B, 3, H, W] float32, RGB",
+            "min_size": min_input_size(model) if min_size is None else min_size, "max_size": max_size,
+            "test_scale": list(pre["test_scale"]), "mean": list(pre["mean"]), "std": list(pre["std"]),
+            "steps": "resize the 0..255 RGB image keeping its aspect ratio to the largest size with long side <= "
+                     "max(test_scale) and short side <= min(test_scale) (it may upscale; sizes rounded half up), "
+                     "bilinear with half-pixel centres and no antialiasing; round and clip to 0..255; "
+                     "(x - mean) / std per channel",
+        },
+        "outputs": {
+            "logits": f"[B, K, H, W] {scores} at the input size: resize them bilinearly (half-pixel centres) to "
+                      "the image's original size and take the argmax over K; add label_offset to get the "
+                      "dataset's label ids",
+            "prior_logits": "[B, K', H, W] the semantic-prior logits (SeMask models only)",
+        },
+    }
+
+
 def export_onnx(model: nn.Module | ExportedProgram, path: str | Path, *,
                 example_size: tuple[int, int] = DEFAULT_EXAMPLE, opset: int = 18, min_size: int | None = None,
-                max_size: int = 8192) -> Path:
+                max_size: int = MAX_SIZE, metadata: dict[str, Any] | None = None) -> Path:
     """Write an ONNX file (opset >= 17, inputs `images` [B, 3, H, W] with dynamic H and W; outputs `logits`
     and, for SeMask models, `prior_logits`) from a model or an `export_program` result.
+
+    The file's metadata_props["semask"] holds `metadata` as JSON: by default, for a model,
+    `deployment_metadata(model)` (preprocessing, classes, outputs); pass it yourself with a program.
     Needs the `onnx` and `onnxscript` packages (the `export` extra)."""
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (dynamic padding and LayerNorm), got {opset}")
-    program = model if isinstance(model, ExportedProgram) else export_program(
-        model, example_size=example_size, min_size=min_size, max_size=max_size)
+    if isinstance(model, ExportedProgram):
+        program = model
+    else:
+        if metadata is None:
+            metadata = deployment_metadata(model, min_size=min_size, max_size=max_size)
+        program = export_program(model, example_size=example_size, min_size=min_size, max_size=max_size)
     names = ["logits", "prior_logits"][:len(program.graph_signature.user_outputs)]
     onnx_program = torch.onnx.export(program, input_names=["images"], output_names=names, opset_version=opset,
                                      dynamo=True, optimize=True)
+    if metadata is not None:
+        onnx_program.model.metadata_props["semask"] = json.dumps(metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program.save(str(path))

@@ -237,6 +237,25 @@ class Prediction:
         return self.classes.label_offset
 
 
+def model_preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
+    """(preprocessing, dataset) of a model's weights: its tag's manifest entry; for untagged models, that of
+    `arch.dataset` guessed from the class count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's
+    defaults (dataset None). What the `Predictor` and exported ONNX files (`semask.export`) use."""
+    entry = getattr(model, "pretrained_cfg", None)
+    if entry:
+        return dict(entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
+    from .hub import load_manifest
+
+    info = get_class_info(num_classes=model.config.num_classes)
+    guess = info.name if info.name != "custom" else None
+    entry = load_manifest().get(f"{model.config.arch}.{guess}") or load_manifest().get(
+        f"semask_swin_tiny_fpn.{guess}")
+    if entry:
+        _log.info("untagged model with %d classes: using %s preprocessing", model.config.num_classes, guess)
+        return dict(entry["preprocessing"]), guess
+    return dict(DEFAULT_PREPROCESSING), None
+
+
 # ----------------------------------------------------------------------------------------------- predictor
 class Predictor:
     """Segment images with a semask model.
@@ -272,7 +291,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         cfg = self.model.config
-        pre, guessed = self._preprocessing(self.model)
+        pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
         self.classes = classes or get_class_info(self.dataset, cfg.num_classes)
         self.mean = torch.tensor(mean or pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
@@ -302,24 +321,6 @@ class Predictor:
         if pretrained is False:
             _log.warning("%s: random weights (pass weights=PATH or a name with a tag)", model_or_name)
         return create_model(model_or_name, pretrained=pretrained)
-
-    @staticmethod
-    def _preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
-        """The tag's manifest preprocessing; for untagged models, that of `arch.dataset` guessed from the class
-        count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's defaults."""
-        entry = getattr(model, "pretrained_cfg", None)
-        if entry:
-            return dict(entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
-        from .hub import load_manifest
-
-        info = get_class_info(num_classes=model.config.num_classes)
-        guess = info.name if info.name != "custom" else None
-        entry = load_manifest().get(f"{model.config.arch}.{guess}") or load_manifest().get(
-            f"semask_swin_tiny_fpn.{guess}")
-        if entry:
-            _log.info("untagged model with %d classes: using %s preprocessing", model.config.num_classes, guess)
-            return dict(entry["preprocessing"]), guess
-        return dict(DEFAULT_PREPROCESSING), None
 
     def __call__(self, inputs: ImageInput | Sequence[ImageInput], *, probs: bool = False
                  ) -> Prediction | list[Prediction]:

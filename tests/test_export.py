@@ -1,14 +1,23 @@
 """Deployment: torch.export and ONNX programs with dynamic H/W reproduce PyTorch at sizes not seen at export;
-the backbone compiles with fullgraph=True (no graph breaks)."""
+the backbone compiles with fullgraph=True (no graph breaks); an ONNX file from `semask export` carries what a
+runtime needs to segment an image as the Predictor does (examples/onnx_segment.py, no torch)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageFilter
 
 import semask
 from semask.cli import main
 from semask.export import export_program, min_input_size
+from semask.hub import save_pretrained
 
 from .conftest import perturb_weights, randomize_gammas
 
@@ -133,6 +142,41 @@ def test_mask_classification_onnx_export_with_onnxruntime(mask_model, mask_progr
         got = session.run(None, {"images": x.numpy()})
         for a, b in zip(got, _reference(mask_model, x), strict=True):
             torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)
+
+
+def test_cli_onnx_file_segments_like_the_predictor_without_torch(tmp_path):
+    """`semask export` writes the deployment metadata; examples/onnx_segment.py follows it with numpy, Pillow and
+    onnxruntime alone and writes the Predictor's labels (in the dataset's ids) at the original size."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
+    torch.manual_seed(0)
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    randomize_gammas(model)
+    weights = save_pretrained(model, tmp_path / "weights")
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "test_semask_swin_fpn", str(onnx_path), "--weights", str(weights), "--size", "256x320"]) == 0
+
+    meta = json.loads(ort.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map["semask"])
+    predictor = semask.Predictor(model)
+    assert (meta["arch"], meta["num_classes"], meta["label_offset"]) == ("test_semask_swin_fpn", 5, 0)
+    assert meta["input"]["min_size"] == 225 and meta["input"]["test_scale"] == list(predictor.test_scale)
+    for key in ("mean", "std"):
+        assert np.allclose(meta["input"][key], getattr(predictor, key).flatten(), rtol=0, atol=1e-5)
+    assert meta["class_names"] == list(predictor.classes.names)
+
+    rng = np.random.default_rng(0)
+    for h, w in [(240, 300), (700, 500)]:  # resized up to 512 x 640 and down to 717 x 512
+        noise = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+        image = tmp_path / f"{h}x{w}.png"
+        noise.filter(ImageFilter.GaussianBlur(6)).save(image)  # regions, not per-pixel noise
+        out = tmp_path / f"{h}x{w}_labels.png"
+        script = Path(__file__).resolve().parents[1] / "examples" / "onnx_segment.py"
+        subprocess.run([sys.executable, str(script), str(onnx_path), str(image), "--out", str(out)], check=True,
+                       capture_output=True, text=True)
+        got = np.asarray(Image.open(out))
+        ref = predictor(image).labels
+        assert got.shape == (h, w)
+        assert (got == ref).mean() > 0.999  # two runtimes: a float rounding may flip a near-tie
 
 
 def test_cli_export_rejects_unknown_format(tmp_path):

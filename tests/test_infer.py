@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import semask
-from semask.infer import Predictor, load_image, rescale_size, slide_windows, to_rgb_list
+from semask.infer import Predictor, load_image, model_preprocessing, rescale_size, slide_windows, to_rgb_list
 
 SMALL = (64, 32)  # test scale (long, short) that keeps the forwards tiny
 
@@ -277,10 +277,10 @@ def test_one_pixel_file(tmp_path, model):
 def test_untagged_models_get_the_preprocessing_of_their_class_count():
     from types import SimpleNamespace
 
-    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("semask_swin_large_fpn")))
+    pre, dataset = model_preprocessing(SimpleNamespace(config=semask.get_config("semask_swin_large_fpn")))
     assert (dataset, tuple(pre["test_scale"]), tuple(pre["crop_size"])) == ("ade20k", (2560, 640), (640, 640))
     cfg = semask.get_config("semask_swin_base_fpn", num_classes=19)
-    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=cfg))
+    pre, dataset = model_preprocessing(SimpleNamespace(config=cfg))
     assert (dataset, tuple(pre["test_scale"])) == ("cityscapes", (2048, 1024))
-    pre, dataset = Predictor._preprocessing(SimpleNamespace(config=semask.get_config("test_swin_fpn")))
+    pre, dataset = model_preprocessing(SimpleNamespace(config=semask.get_config("test_swin_fpn")))
     assert dataset is None and tuple(pre["test_scale"]) == (2048, 512)
