@@ -45,10 +45,14 @@ def _reference(model, x):
     return [out["logits"], out["prior_logits"]]
 
 
-def test_torch_export_dynamic_shapes(model, program):
-    if model.config.backbone == "swin":
-        assert not model.backbone.layers[0].blocks[1].attn._bias_cache  # traced through the cache-free path
-    assert min_input_size(model) == (225 if model.config.backbone == "swin" else 161)
+def _onnxruntime():
+    """onnxruntime, once the export dependencies are known to be installed (the `export` extra)."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
+    return pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
+
+
+def _check_program(program, model):
+    """The exported program reproduces eager PyTorch within 1e-4 at SIZES (none of them the traced size)."""
     for size in SIZES:
         x = torch.randn(1, 3, *size)
         got = program.module()(x)
@@ -57,17 +61,15 @@ def test_torch_export_dynamic_shapes(model, program):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
-def test_onnx_export_with_onnxruntime(model, program, tmp_path):
-    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
-    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
-    path = tmp_path / "model.onnx"
+def _check_onnx(program, model, path):
+    """The program's ONNX file (opset >= 17), run by onnxruntime, reproduces eager PyTorch within 1e-4 at SIZES."""
+    ort = _onnxruntime()
     import onnx
 
     from semask.export import export_onnx
 
     export_onnx(program, path)
-
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "prior_logits"]
@@ -76,6 +78,17 @@ def test_onnx_export_with_onnxruntime(model, program, tmp_path):
         got = session.run(None, {"images": x.numpy()})
         for a, b in zip(got, _reference(model, x), strict=True):
             torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)
+
+
+def test_torch_export_dynamic_shapes(model, program):
+    if model.config.backbone == "swin":
+        assert not model.backbone.layers[0].blocks[1].attn._bias_cache  # traced through the cache-free path
+    assert min_input_size(model) == (225 if model.config.backbone == "swin" else 161)
+    _check_program(program, model)
+
+
+def test_onnx_export_with_onnxruntime(model, program, tmp_path):
+    _check_onnx(program, model, tmp_path / "model.onnx")
 
 
 def test_compile_fullgraph_backbone_has_no_graph_breaks(model):
@@ -118,37 +131,20 @@ def test_mask_classification_torch_export_dynamic_shapes(mask_model, mask_progra
     """Padded to a multiple of 32 and cropped back at sizes that pad differently from the example (256 x 320 needs
     no padding); eager runs torchvision's deformable convolution, the program the pure-PyTorch one."""
     assert min_input_size(mask_model) == 225
-    for size in SIZES:
-        x = torch.randn(1, 3, *size)
-        got = mask_program.module()(x)
-        assert got[0].shape == (1, 5, *size)
-        for a, b in zip(got, _reference(mask_model, x), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    _check_program(mask_program, mask_model)
     nodes = {str(n.target) for n in mask_program.graph.nodes if n.op == "call_function"}
     assert not any(t.startswith("torchvision") for t in nodes)  # portable: no torchvision op in the program
 
 
 @pytest.mark.parametrize("mask_model", MASK_ONNX, indirect=True)
 def test_mask_classification_onnx_export_with_onnxruntime(mask_model, mask_program, tmp_path):
-    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
-    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
-    from semask.export import export_onnx
-
-    path = export_onnx(mask_program, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "prior_logits"]
-    for size in SIZES:
-        x = torch.randn(1, 3, *size)
-        got = session.run(None, {"images": x.numpy()})
-        for a, b in zip(got, _reference(mask_model, x), strict=True):
-            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)
+    _check_onnx(mask_program, mask_model, tmp_path / "model.onnx")
 
 
 def test_cli_onnx_file_segments_like_the_predictor_without_torch(tmp_path):
     """`semask export` writes the deployment metadata; examples/onnx_segment.py follows it with numpy, Pillow and
     onnxruntime alone and writes the Predictor's labels (in the dataset's ids) at the original size."""
-    pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript (pip install semask[export])")
-    ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install semask[export])")
+    ort = _onnxruntime()
     torch.manual_seed(0)
     model = semask.create_model("test_semask_swin_fpn").eval()
     randomize_gammas(model)
