@@ -53,11 +53,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 2
     model = create_model(args.model, pretrained=args.weights or False).eval()
     size = tuple(args.size)
-    if args.format == "onnx":
-        path = export_onnx(model, args.out, example_size=size, opset=args.opset)
-    else:
-        path = args.out
-        torch.export.save(export_program(model, example_size=size), path)
+    try:
+        if args.format == "onnx":
+            path = export_onnx(model, args.out, example_size=size, opset=args.opset)
+        else:
+            path = args.out
+            torch.export.save(export_program(model, example_size=size), path)
+    except ValueError as err:  # a traced size or opset the export cannot use
+        print(f"semask export: error: {err}", file=sys.stderr)
+        return 2
     print(f"exported {args.model} ({args.format}, dynamic H/W) -> {path}")
     return 0
 

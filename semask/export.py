@@ -67,6 +67,11 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
     """
     check_export_support()
     min_size = min_input_size(model) if min_size is None else min_size
+    if not all(min_size <= s <= max_size for s in example_size):
+        good = max(min_size, min(DEFAULT_EXAMPLE[0], max_size))
+        raise ValueError(f"the traced example size {tuple(example_size)} must lie within [{min_size}, {max_size}] "
+                         f"for {model.config.arch} (see semask.export.min_input_size); trace at {good}x{good} "
+                         f"(semask export --size {good}): the program accepts every size in that range")
     model = _Logits(model.eval())
     example = torch.randn(batch, 3, *example_size)
     return torch.export.export(model, (example,), dynamic_shapes=_dims(min_size, max_size),

@@ -175,6 +175,15 @@ def test_cli_onnx_file_segments_like_the_predictor_without_torch(tmp_path):
         assert (got == ref).mean() > 0.999  # two runtimes: a float rounding may flip a near-tie
 
 
+def test_example_size_outside_the_program_range_is_a_clear_error(tmp_path, capsys):
+    model = semask.create_model("test_swin_fpn")
+    with pytest.raises(ValueError, match=r"within \[225, 8192\].*--size 512"):
+        export_program(model, example_size=(128, 300))
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.onnx"), "--size", "128"]) == 2
+    assert "trace at 512x512" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_cli_export_rejects_unknown_format(tmp_path):
     with pytest.raises(SystemExit):
         main(["export", "test_semask_swin_fpn", str(tmp_path / "m.x"), "--format", "tflite"])
