@@ -73,7 +73,7 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
                          f"for {model.config.arch} (see semask.export.min_input_size); trace at {good}x{good} "
                          f"(semask export --size {good}): the program accepts every size in that range")
     model = _Logits(model.eval())
-    example = torch.randn(batch, 3, *example_size)
+    example = torch.randn(batch, 3, *example_size, device=next(model.parameters()).device)  # the model's device
     return torch.export.export(model, (example,), dynamic_shapes=_dims(min_size, max_size),
                                prefer_deferred_runtime_asserts_over_guards=True)
 
