@@ -79,6 +79,25 @@ def test_eager_and_sdpa_agree(name: str, size: tuple[int, int]) -> None:
         torch.testing.assert_close(fused[key], eager[key], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", TEST_ARCHS)
+def test_bfloat16_inference(name: str) -> None:
+    """bf16 both ways users ask for it, autocast or the model cast to bf16, close to float32 at bf16's precision.
+    (The deformable ops: torchvision has no bf16 kernel and, on CPU, no autocast wrapper; Mask2Former's pixel
+    decoder casts to float32 in the original, which a bf16 model's weights would not match.)"""
+    torch.manual_seed(0)
+    model = semask.create_model(name).eval()
+    randomize_gammas(model)
+    x = torch.randn(1, 3, 61, 83)
+    with torch.no_grad():
+        ref = model(x)["logits"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(x)["logits"]
+        cast = model.to(torch.bfloat16)(x.bfloat16())["logits"]
+    for out in (auto, cast):
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), ref, atol=0.05 * ref.abs().max().item(), rtol=0)
+
+
 def test_sdpa_gradients_match_eager() -> None:
     grads = {}
     for impl in ("sdpa", "eager"):

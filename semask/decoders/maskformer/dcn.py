@@ -55,7 +55,13 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch
     if impl == "torchvision" or (impl == "auto" and _tv_deform_conv2d is not None and not is_tracing()):
         if _tv_deform_conv2d is None:
             raise ValueError("impl='torchvision' needs torchvision; use impl='torch'")
-        return _tv_deform_conv2d(x, offset, weight, bias, padding=(padding, padding), mask=mask)
+        if x.dtype in (torch.float32, torch.float64):
+            return _tv_deform_conv2d(x, offset, weight, bias, padding=(padding, padding), mask=mask)
+        # torchvision's kernels have no bfloat16 (nor, on CPU, float16) version, and its autocast wrapper exists on
+        # CUDA only: run it in float32, as the original's DCNv2 extension does under autocast
+        out = _tv_deform_conv2d(x.float(), offset.float(), weight.float(), None if bias is None else bias.float(),
+                                padding=(padding, padding), mask=mask.float())
+        return out.to(x.dtype)
     if impl not in ("auto", "torch"):
         raise ValueError(f"impl must be 'auto', 'torchvision' or 'torch', got {impl!r}")
     return deform_conv2d_torch(x, offset, weight, bias, mask, padding=padding)

@@ -86,7 +86,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                                          activation=F.relu))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        trans_feats = [f.float() for f in feats[self.num_fpn_levels:]][::-1]  # lowest resolution first
+        # The original casts to float32 (its deformable-attention op has no half kernel); here: to the decoder's own
+        # dtype, which is that float32 under autocast and lets a model cast to bf16/fp16 run (float32 inputs
+        # would not match its weights).
+        dtype = self.mask_features.weight.dtype
+        trans_feats = [f.to(dtype) for f in feats[self.num_fpn_levels:]][::-1]  # lowest resolution first
         srcs = [proj(x) for proj, x in zip(self.input_proj, trans_feats, strict=True)]
         pos = [position_embedding_sine(x, self.conv_dim // 2) for x in trans_feats]
         memory, shapes = self.transformer(srcs, pos)
@@ -94,7 +98,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         out = [z.transpose(1, 2).reshape(b, -1, h, w)
                for z, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes, strict=True)]
         for i in range(self.num_fpn_levels - 1, -1, -1):
-            cur = getattr(self, f"adapter_{i + 1}")(feats[i].float())
+            cur = getattr(self, f"adapter_{i + 1}")(feats[i].to(dtype))
             y = cur + F.interpolate(out[-1], size=cur.shape[-2:], mode="bilinear", align_corners=False)
             if self.fapn:
                 y = getattr(self, f"align_{i + 1}")(cur, y)
