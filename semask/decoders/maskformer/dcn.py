@@ -57,8 +57,8 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch
             raise ValueError("impl='torchvision' needs torchvision; use impl='torch'")
         if x.dtype in (torch.float32, torch.float64):
             return _tv_deform_conv2d(x, offset, weight, bias, padding=(padding, padding), mask=mask)
-        # torchvision's kernels have no bfloat16 (nor, on CPU, float16) version, and its autocast wrapper exists on
-        # CUDA only: run it in float32, as the original's DCNv2 extension does under autocast
+        # Other dtypes run in float32, as the original's DCNv2 extension does under autocast: torchvision has no
+        # bfloat16 kernel (nor a CPU float16 one), and its autocast wrapper exists on CUDA only
         out = _tv_deform_conv2d(x.float(), offset.float(), weight.float(), None if bias is None else bias.float(),
                                 padding=(padding, padding), mask=mask.float())
         return out.to(x.dtype)
