@@ -62,9 +62,9 @@ def segment(session: ort.InferenceSession, meta: dict, image: np.ndarray) -> np.
     mean = np.asarray(pre["mean"], np.float32)[:, None, None]
     std = np.asarray(pre["std"], np.float32)[:, None, None]
     x = (x - mean) / std
-    # The program accepts H, W >= min_size (every Swin stage needs more than one window). A smaller resized image
-    # is zero-padded (the mean colour) at the bottom/right and the logits cropped: pixels near that border may
-    # then differ from the PyTorch model, which pads inside.
+    # The program accepts H, W >= min_size (every Swin stage needs more than one window; only very elongated
+    # images resize below it). A smaller resized image is zero-padded (the mean colour) at the bottom/right and
+    # the logits cropped, so its labels can differ from the PyTorch model's, which pads inside the network instead.
     ph, pw = max(size[0], pre["min_size"]), max(size[1], pre["min_size"])
     if max(ph, pw) > pre["max_size"]:
         raise ValueError(f"the resized image {size} exceeds the exported program's max_size {pre['max_size']}: "
