@@ -129,10 +129,13 @@ def test_bf16_runs_on_every_attn_impl():
 
 
 # Table 2 of the paper (Semantic-FPN; "FLOPs (G)" from mmcv's counter = MACs without attention products).
-PAPER_GFLOPS = [("semask_swin_tiny_fpn.ade20k", 512, 40), ("semask_swin_small_fpn.ade20k", 512, 63),
-                ("semask_swin_base_fpn.ade20k", 512, 107), ("semask_swin_large_fpn.ade20k", 640, 356),
-                ("swin_tiny_fpn.ade20k", 512, 38), ("swin_large_fpn.ade20k", 640, 343),
-                ("semask_swin_tiny_fpn.cityscapes", 768, 84), ("semask_swin_large_fpn.cityscapes", 768, 455)]
+# Every row: ADE20K at the crop size, Cityscapes at 768x768.
+PAPER_GFLOPS = [
+    (f"{prefix}swin_{size}_fpn.{dataset}", crop, gflops)
+    for prefix, table in (("semask_", {"tiny": (40, 84), "small": (63, 134), "base": (107, 217), "large": (356, 455)}),
+                          ("", {"tiny": (38, 81), "small": (61, 130), "base": (103, 211), "large": (343, 444)}))
+    for size, (ade, city) in table.items()
+    for dataset, crop, gflops in (("ade20k", 640 if size == "large" else 512, ade), ("cityscapes", 768, city))]
 
 
 @pytest.mark.parametrize("name, size, gflops", PAPER_GFLOPS)
