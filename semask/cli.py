@@ -242,14 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="arch or arch.tag")
     p.add_argument("out", help="output file (.onnx or .pt2)")
     p.add_argument("--format", choices=("onnx", "torch"), default="onnx")
-    p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth (default: untrained)")
+    p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl "
+                                     "(default: untrained)")
     p.add_argument("--size", type=_size, default=[512, 512], help="example input traced: N or HxW (512); "
                                                                   "the program accepts other sizes")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("convert", help="convert an original mmseg checkpoint to model.safetensors + config.json")
-    p.add_argument("checkpoint", help="original .pth file")
+    p = sub.add_parser("convert", help="convert an original checkpoint (mmseg or detectron2) to model.safetensors + "
+                                       "config.json")
+    p.add_argument("checkpoint", help="original .pth file (mmseg or detectron2), or a detectron2 .pkl")
     p.add_argument("out_dir", help="output folder")
     p.add_argument("--model", help="arch.tag whose windowed/global semantic layout to use "
                                    "(default: the original code's rule)")
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment an image or a folder; write label PNGs (+ overlays, prior grids)")
     p.add_argument("input", help="an image file or a folder (searched recursively)")
     p.add_argument("--model", required=True, help="arch or arch.tag (a tag loads its published weights)")
-    p.add_argument("--weights", help="semask folder / safetensors file, or an ORIGINAL .pth checkpoint")
+    p.add_argument("--weights", help="semask folder / safetensors file, or an ORIGINAL .pth/.pkl checkpoint")
     p.add_argument("--out", required=True, help="output folder: NAME.png (label ids), NAME_overlay.png, ...")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole")
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg --aug-test")
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="convert original checkpoints, write model.safetensors + config.json + model "
                                        "card, upload to the Hugging Face Hub, print the manifest entries")
-    p.add_argument("checkpoints", nargs="+", metavar="ORIGINAL", help="original .pth files")
+    p.add_argument("checkpoints", nargs="+", metavar="ORIGINAL", help="original .pth (or detectron2 .pkl) files")
     p.add_argument("--repo-id", help="hub repo (may use {arch}, {dataset}, {name}); default: the manifest's")
     p.add_argument("--model", help="arch.tag of the checkpoint (default: the released tag its config matches)")
     p.add_argument("--out", help="folder for the files, one subfolder per checkpoint (default: ./publish)")

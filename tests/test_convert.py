@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -204,6 +206,61 @@ def test_unsafe_pickle_needs_opt_in(tmp_path: Path, original_sd: dict) -> None:
     with pytest.raises(ValueError, match="allow_unsafe"):
         semask.load_original(path)
     assert semask.load_original(path, allow_unsafe=True).config.num_classes == 5
+
+
+def _d2_pickle(path: Path, state_dict: dict, *, layout: str, protocol: int) -> Path:
+    """A detectron2 `.pkl` as its conversion scripts write it: numpy arrays (model zoo, torchvision converter) or
+    pickled torch tensors (the Swin converter behind the SeMask D2 configs' backbone files)."""
+    model = {k: v.numpy() if layout == "numpy" else v for k, v in state_dict.items()}
+    with path.open("wb") as f:
+        pickle.dump({"model": model, "__author__": "third_party", "matching_heuristics": True}, f, protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("fixture, kwargs", [("semask_fpn_tiny_w7.pth", {}),
+                                             ("semask_maskformer_tiny_w7.pth", {"nheads": 4})])
+@pytest.mark.parametrize("layout, protocol", [("numpy", 2), ("numpy", 4), ("torch", 2), ("torch", 4)])
+def test_detectron2_pickles_load_like_the_pth(tmp_path: Path, fixture: str, kwargs: dict, layout: str,
+                                              protocol: int) -> None:
+    obj = torch.load(FIXTURES / fixture, map_location="cpu")
+    sd = obj.get("state_dict", obj.get("model"))
+    path = _d2_pickle(tmp_path / "model.pkl", sd, layout=layout, protocol=protocol)
+    ref = semask.load_original(FIXTURES / fixture, **kwargs).state_dict()
+    got = semask.load_original(path, **kwargs).state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
+
+
+def test_numpy1_pickles_load(tmp_path: Path, original_sd: dict) -> None:
+    """numpy < 2 pickles name `numpy.core.multiarray` (numpy 2 writes `numpy._core`)."""
+    path = _d2_pickle(tmp_path / "old.pkl", original_sd, layout="numpy", protocol=2)
+    data = path.read_bytes()
+    assert b"numpy._core.multiarray" in data
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert semask.load_original(path).config.num_classes == 5
+
+
+class _RunsCode:  # unpickling it calls os.mkdir: what an allowlist must refuse
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):  # noqa: ANN204
+        return os.mkdir, (str(self.target),)
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path: Path, original_sd: dict) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pkl"
+    with path.open("wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in original_sd.items()}, "x": _RunsCode(marker)}, f, protocol=2)
+    with pytest.raises(ValueError, match="allow_unsafe") as err:
+        semask.load_original(path)
+    assert "mkdir" in str(err.value) and not marker.exists()
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(_d2_pickle(tmp_path / "ok.pkl", original_sd, layout="numpy", protocol=4).read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        semask.load_original(truncated)
 
 
 def test_non_tensor_entries_rejected() -> None:

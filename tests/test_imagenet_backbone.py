@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import timm
 import torch
@@ -76,11 +78,18 @@ def test_microsoft_pth_and_timm_safetensors_files(tmp_path):
     sd = tm.state_dict()
     torch.save(_microsoft_layout(sd), tmp_path / "swin_ms.pth")
     save_file(sd, str(tmp_path / "swin_timm.safetensors"))
+    # what Mask2Former's convert-pretrained-swin-model-to-d2.py makes of the .pth (the SeMask D2 configs' weights)
+    with (tmp_path / "swin_ms_d2.pkl").open("wb") as f:
+        pickle.dump(dict(_microsoft_layout(sd), __author__="third_party", matching_heuristics=True), f)
     ref = semask.create_model("test_semask_swin_fpn", drop_path_rate=0.0)
     a = semask.create_model("test_semask_swin_fpn", pretrained_backbone=tmp_path / "swin_ms.pth")
     b = semask.create_model("test_semask_swin_fpn", pretrained_backbone=str(tmp_path / "swin_timm.safetensors"))
+    c = semask.create_model("test_semask_swin_fpn", pretrained_backbone=tmp_path / "swin_ms_d2.pkl")
     sa, sb, sref = a.state_dict(), b.state_dict(), ref.state_dict()
     assert sa.keys() == sb.keys()
+    for k, v in c.state_dict().items():
+        if not (".semantic_layer." in k or k.startswith(("decode_head.", "backbone.norm"))):
+            torch.testing.assert_close(v, sa[k], atol=0, rtol=0, msg=k)
     for k in sa:
         if ".semantic_layer." in k or k.startswith(("decode_head.", "backbone.norm")):
             assert sa[k].shape == sref[k].shape  # own initialisation, untouched by the ImageNet file

@@ -9,6 +9,7 @@ original code's rule (`original_semantic_attention`) unless the caller overrides
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import zipfile
 from collections.abc import Mapping
@@ -20,18 +21,22 @@ import torch
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
 from .common import fail_on_unmapped
+from .pickles import is_plain_pickle, read_pickle
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 
 
 def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
-    """torch.load with `weights_only=True`; `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
+    """torch.load with `weights_only=True`, or a detectron2 `.pkl` through an allowlist (`semask.convert.pickles`);
+    `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes); download it again")
+    if is_plain_pickle(path):
+        return _read_pickle(path, allow_unsafe)
     if allow_unsafe:
         _log.warning("loading %s with weights_only=False: this runs any code the file contains", path)
     try:
@@ -44,6 +49,20 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
             raise ValueError(f"{path} holds Python objects that weights_only loading refuses ({str(err)[:300]}); "
                              "if you trust the file, pass allow_unsafe=True") from err
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}") from err
+
+
+def _read_pickle(path: Path, allow_unsafe: bool) -> Any:
+    try:
+        return read_pickle(path, allow_unsafe=allow_unsafe)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise ValueError(f"{path} holds Python objects that safe loading refuses ({err}); if you trust the "
+                             "file, pass allow_unsafe=True") from err
+        raise ValueError(f"cannot read checkpoint {path}: the pickle is truncated or corrupt ({err}); "
+                         "download it again") from err
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"cannot read checkpoint {path}: the pickle is truncated or corrupt "
+                         f"({type(err).__name__}: {str(err)[:200]}); download it again") from err
 
 
 def unwrap_state_dict(obj: Any) -> StateDict:
@@ -165,7 +184,8 @@ def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: b
     Swin-FPN, or detectron2 SeMask MaskFormer / Mask2Former / FaPN / MSFaPN (`semask.convert.detectron2`).
 
     Args:
-        checkpoint: a path to the `.pth`, or the loaded object (`{'state_dict': ...}`, `{'model': ...}`, bare).
+        checkpoint: a path to the `.pth` (or a detectron2 `.pkl`), or the loaded object (`{'state_dict': ...}`,
+            `{'model': ...}`, bare).
         allow_unsafe: unpickle arbitrary objects (only for files you trust).
         overrides: `ModelConfig` fields the tensors cannot tell, e.g. `semantic_attention`, `sem_window_size`.
     """

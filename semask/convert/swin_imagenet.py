@@ -73,7 +73,8 @@ def imagenet_swin_to_semask(sd: Mapping[str, Any], backbone: nn.Module) -> State
 
 
 def read_imagenet_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> StateDict:
-    """A `.safetensors` (timm hub) or `.pth`/`.bin` (Microsoft or timm) ImageNet checkpoint -> state dict."""
+    """A `.safetensors` (timm hub), `.pth`/`.bin` (Microsoft or timm) or detectron2 `.pkl` ImageNet checkpoint ->
+    state dict."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -1,0 +1,95 @@
+"""detectron2 `.pkl` checkpoints: plain pickles (not `torch.save` files) read through an allowlist.
+
+detectron2 and the SeMask-Mask2Former / FaPN forks take `MODEL.WEIGHTS` as `.pkl` files of the form
+``{"model": {name: array}, "__author__": ..., "matching_heuristics": True}``: numpy arrays (detectron2's model zoo,
+`convert-torchvision-to-d2.py`) or pickled torch tensors (`convert-pretrained-swin-model-to-d2.py`, which made the
+Swin ImageNet files the SeMask D2 configs start from). `torch.load` cannot read them (no torch header), and plain
+`pickle.load` runs whatever code the file names, so `read_pickle` unpickles with only the globals those two layouts
+use; tensors' storages go through `torch.load(weights_only=True)`. Arrays come back as tensors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_log = logging.getLogger(__name__)
+
+# torch.save's legacy (non-zip) format is a pickle too, but it opens with its pickled magic number.
+_TORCH_LEGACY_HEADER = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def is_plain_pickle(path: Path) -> bool:
+    """A pickle (protocol 2+) that is neither a `torch.save` zip nor torch's legacy format."""
+    with path.open("rb") as f:
+        head = f.read(len(_TORCH_LEGACY_HEADER))
+    return head[:1] == b"\x80" and head != _TORCH_LEGACY_HEADER
+
+
+def _load_storage(data: bytes) -> Any:
+    """What `torch.storage._load_from_bytes` does for a pickled tensor's storage, but without running code."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _globals() -> dict[tuple[str, str], Any]:
+    from torch._utils import _rebuild_parameter, _rebuild_tensor_v2
+
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core; pickles name either
+    table: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("_codecs", "encode"): codecs.encode,  # protocol 2 spells bytes as encode(str, "latin1")
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): _load_storage,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(module, "_reconstruct")] = core.multiarray._reconstruct
+        table[(module, "scalar")] = core.multiarray.scalar
+    return table
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase) -> None:
+        super().__init__(file, encoding="latin1")  # as detectron2 reads them (Python 2 era files too)
+        self._allowed = _globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}") from None
+
+
+def _to_tensors(obj: Any) -> Any:
+    """numpy arrays anywhere in dicts / lists -> tensors (copied: unpickled arrays may be read-only views)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.array(obj))
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_tensors(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_tensors(v) for v in obj)
+    return obj
+
+
+def read_pickle(path: Path, *, allow_unsafe: bool = False) -> Any:
+    """Unpickle a detectron2 `.pkl` checkpoint (allowlisted globals only unless `allow_unsafe`); arrays -> tensors.
+
+    Raises pickle.UnpicklingError naming a refused global, or EOFError / UnpicklingError for a broken file.
+    """
+    with path.open("rb") as f:
+        if allow_unsafe:
+            _log.warning("loading %s with plain pickle: this runs any code the file contains", path)
+            obj = pickle.load(f, encoding="latin1")
+        else:
+            obj = _AllowlistUnpickler(f).load()
+    return _to_tensors(obj)
