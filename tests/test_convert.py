@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import semask
 from semask.cli import main as cli_main
-from semask.convert.mmseg import infer_mmseg_config, mmseg_to_semask
+from semask.convert.mmseg import infer_mmseg_config, mmseg_to_semask, read_checkpoint
 from semask.hub import load_manifest
 from semask.segmentor import build_model
 
@@ -206,6 +208,27 @@ def test_unsafe_pickle_needs_opt_in(tmp_path: Path, original_sd: dict) -> None:
     with pytest.raises(ValueError, match="allow_unsafe"):
         semask.load_original(path)
     assert semask.load_original(path, allow_unsafe=True).config.num_classes == 5
+
+
+@pytest.mark.skipif(torch.__version__ < "2.6", reason="torch < 2.6 cannot allowlist numpy 1's global names")
+@pytest.mark.parametrize("numpy_names", ["numpy 2", "numpy 1"])
+def test_numpy_metadata_needs_no_opt_in(tmp_path: Path, original_sd: dict, numpy_names: str) -> None:
+    """mmcv keeps e.g. the best mIoU (a numpy float) in `meta['hook_msgs']`: data, not code."""
+    path = tmp_path / "with_numpy.pth"
+    meta = {"hook_msgs": {"best_score": np.float64(0.42), "best_iter": np.int64(8000)},
+            "PALETTE": np.zeros((5, 3), dtype=np.uint8), "CLASSES": np.array(["a", "b", "c", "d", "e"])}
+    torch.save({"state_dict": original_sd, "meta": meta}, path)
+    if numpy_names == "numpy 1":  # what a file saved under numpy < 2 names: numpy.core.multiarray
+        with zipfile.ZipFile(path) as src:
+            members = [(info.filename, src.read(info.filename)) for info in src.infolist()]
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+            for name, data in members:
+                if name.endswith("data.pkl"):
+                    assert b"numpy._core.multiarray" in data
+                    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+                dst.writestr(name, data)
+    assert read_checkpoint(path)["meta"]["hook_msgs"]["best_score"] == 0.42
+    assert semask.load_original(path).config.num_classes == 5
 
 
 def _d2_pickle(path: Path, state_dict: dict, *, layout: str, protocol: int) -> Path:

@@ -8,6 +8,7 @@ original code's rule (`original_semantic_attention`) unless the caller overrides
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import re
@@ -21,7 +22,7 @@ import torch
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
 from .common import fail_on_unmapped
-from .pickles import is_plain_pickle, read_pickle
+from .pickles import is_plain_pickle, numpy_globals, read_pickle
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -40,15 +41,34 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     if allow_unsafe:
         _log.warning("loading %s with weights_only=False: this runs any code the file contains", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+        with _numpy_allowed() if not allow_unsafe else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
                          f"({type(err).__name__}: {str(err)[:200]}); download it again") from err
     except Exception as err:  # pickle.UnpicklingError for disallowed globals, among others
         if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(f"{path} holds Python objects that weights_only loading refuses ({str(err)[:300]}); "
-                             "if you trust the file, pass allow_unsafe=True") from err
+            raise ValueError(f"{path} holds Python objects that weights_only loading refuses "
+                             f"({_refused_globals(path) or str(err)[:300]}); if you trust the file, pass "
+                             "allow_unsafe=True (CLI --allow-unsafe)") from err
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}") from err
+
+
+def _numpy_allowed() -> contextlib.AbstractContextManager:
+    """numpy scalars / arrays in a checkpoint's metadata (e.g. mmcv's `hook_msgs` best score) are data: let
+    weights_only loading rebuild them. torch < 2.6 cannot allowlist them under numpy 1's names: they still need
+    allow_unsafe there."""
+    if torch.__version__ < "2.6":
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals([(obj, f"{m}.{n}") for (m, n), obj in numpy_globals().items()])
+
+
+def _refused_globals(path: Path) -> str:
+    """The globals weights_only loading refuses in `path`, comma-separated ("" if torch cannot say)."""
+    try:
+        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # older torch has no such function; a file it cannot parse says nothing either
+        return ""
 
 
 def _read_pickle(path: Path, allow_unsafe: bool) -> Any:

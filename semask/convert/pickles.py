@@ -39,23 +39,32 @@ def _load_storage(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def numpy_globals() -> dict[tuple[str, str], Any]:
+    """What pickled numpy arrays, scalars and dtypes name (data only: nothing here runs code), under numpy 1's
+    `numpy.core` and numpy 2's `numpy._core` alike."""
+    core = np._core if hasattr(np, "_core") else np.core
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(module, "_reconstruct")] = core.multiarray._reconstruct
+        table[(module, "scalar")] = core.multiarray.scalar
+    # dtype instances are rebuilt with BUILD (__setstate__), which torch's weights_only unpickler allows only for
+    # listed types: their classes (numpy >= 1.25: numpy.dtypes.Float64DType, ...)
+    for name in getattr(getattr(np, "dtypes", None), "__all__", ()):
+        table[("numpy.dtypes", name)] = getattr(np.dtypes, name)
+    return table
+
+
 def _globals() -> dict[tuple[str, str], Any]:
     from torch._utils import _rebuild_parameter, _rebuild_tensor_v2
 
-    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core; pickles name either
-    table: dict[tuple[str, str], Any] = {
+    return {
+        **numpy_globals(),
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("_codecs", "encode"): codecs.encode,  # protocol 2 spells bytes as encode(str, "latin1")
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): _load_storage,
     }
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(module, "_reconstruct")] = core.multiarray._reconstruct
-        table[(module, "scalar")] = core.multiarray.scalar
-    return table
 
 
 class _AllowlistUnpickler(pickle.Unpickler):
