@@ -286,6 +286,20 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, original_sd: dict) -> 
         semask.load_original(truncated)
 
 
+def test_safetensors_and_torch_files_are_not_taken_for_pickles(tmp_path: Path, original_sd: dict) -> None:
+    """A safetensors header length can begin with the pickle PROTO bytes (0x80, 0x02 for a 640-byte header)."""
+    from semask.convert.pickles import is_plain_pickle
+
+    fake = tmp_path / "w.safetensors"
+    fake.write_bytes((640).to_bytes(8, "little") + b'{"__metadata__": {}}')
+    assert fake.read_bytes()[:2] == b"\x80\x02" and not is_plain_pickle(fake)
+    torch.save(original_sd, tmp_path / "zip.pth")
+    torch.save(original_sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert not is_plain_pickle(tmp_path / "zip.pth") and not is_plain_pickle(tmp_path / "legacy.pth")
+    assert semask.load_original(tmp_path / "legacy.pth").config.num_classes == 5
+    assert is_plain_pickle(_d2_pickle(tmp_path / "d2.pkl", original_sd, layout="numpy", protocol=2))
+
+
 def test_non_tensor_entries_rejected() -> None:
     with pytest.raises(ValueError, match="not a tensor"):
         semask.load_original({"state_dict": {"backbone.x": [1, 2]}})

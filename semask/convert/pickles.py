@@ -28,10 +28,13 @@ _TORCH_LEGACY_HEADER = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
 
 
 def is_plain_pickle(path: Path) -> bool:
-    """A pickle (protocol 2+) that is neither a `torch.save` zip nor torch's legacy format."""
+    """A pickle (protocol 2-5) that is neither a `torch.save` zip nor torch's legacy format (nor a safetensors
+    file, whose 8-byte header length can begin with the same bytes)."""
     with path.open("rb") as f:
         head = f.read(len(_TORCH_LEGACY_HEADER))
-    return head[:1] == b"\x80" and head != _TORCH_LEGACY_HEADER
+    if head[8:10] == b'{"':  # safetensors: little-endian u64 header length, then the JSON header
+        return False
+    return len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != _TORCH_LEGACY_HEADER
 
 
 def _load_storage(data: bytes) -> Any:
