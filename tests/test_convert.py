@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import unittest.mock
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import semask
 from semask.cli import main as cli_main
@@ -288,7 +290,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, original_sd: dict) -> 
 
 def test_safetensors_and_torch_files_are_not_taken_for_pickles(tmp_path: Path, original_sd: dict) -> None:
     """A safetensors header length can begin with the pickle PROTO bytes (0x80, 0x02 for a 640-byte header)."""
-    from semask.convert.pickles import is_plain_pickle
+    from semask.convert.formats import is_plain_pickle
 
     fake = tmp_path / "w.safetensors"
     fake.write_bytes((640).to_bytes(8, "little") + b'{"__metadata__": {}}')
@@ -298,6 +300,12 @@ def test_safetensors_and_torch_files_are_not_taken_for_pickles(tmp_path: Path, o
     assert not is_plain_pickle(tmp_path / "zip.pth") and not is_plain_pickle(tmp_path / "legacy.pth")
     assert semask.load_original(tmp_path / "legacy.pth").config.num_classes == 5
     assert is_plain_pickle(_d2_pickle(tmp_path / "d2.pkl", original_sd, layout="numpy", protocol=2))
+    # an original state dict stored as safetensors reads on any torch (torch.load itself reads them only lately)
+    save_file({k: v.contiguous() for k, v in original_sd.items()}, str(tmp_path / "original.safetensors"))
+    with unittest.mock.patch.object(torch, "load", side_effect=AssertionError("torch.load used")):
+        got = semask.load_original(tmp_path / "original.safetensors").state_dict()
+    ref = semask.load_original(tmp_path / "zip.pth").state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 def test_non_tensor_entries_rejected() -> None:

@@ -22,20 +22,24 @@ import torch
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
 from .common import fail_on_unmapped
-from .pickles import is_plain_pickle, numpy_globals, read_pickle
+from .formats import is_plain_pickle, is_safetensors, numpy_globals, read_pickle
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 
 
 def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
-    """torch.load with `weights_only=True`, or a detectron2 `.pkl` through an allowlist (`semask.convert.pickles`);
-    `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
+    """torch.load with `weights_only=True`; a safetensors file; a detectron2 `.pkl` through an allowlist
+    (`semask.convert.formats`). `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes); download it again")
+    if is_safetensors(path):  # e.g. `semask convert` output: our names are the original ones
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
     if is_plain_pickle(path):
         return _read_pickle(path, allow_unsafe)
     if allow_unsafe:

@@ -1,4 +1,4 @@
-"""detectron2 `.pkl` checkpoints: plain pickles (not `torch.save` files) read through an allowlist.
+"""Checkpoint file formats besides `torch.save`: sniffing, and detectron2 `.pkl` files read through an allowlist.
 
 detectron2 and the SeMask-Mask2Former / FaPN forks take `MODEL.WEIGHTS` as `.pkl` files of the form
 ``{"model": {name: array}, "__author__": ..., "matching_heuristics": True}``: numpy arrays (detectron2's model zoo,
@@ -27,13 +27,19 @@ _log = logging.getLogger(__name__)
 _TORCH_LEGACY_HEADER = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
 
 
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file: a little-endian u64 header length, then the JSON header."""
+    with path.open("rb") as f:
+        return f.read(10)[8:10] == b'{"'
+
+
 def is_plain_pickle(path: Path) -> bool:
     """A pickle (protocol 2-5) that is neither a `torch.save` zip nor torch's legacy format (nor a safetensors
     file, whose 8-byte header length can begin with the same bytes)."""
+    if is_safetensors(path):
+        return False
     with path.open("rb") as f:
         head = f.read(len(_TORCH_LEGACY_HEADER))
-    if head[8:10] == b'{"':  # safetensors: little-endian u64 header length, then the JSON header
-        return False
     return len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != _TORCH_LEGACY_HEADER
 
 
