@@ -74,14 +74,7 @@ def imagenet_swin_to_semask(sd: Mapping[str, Any], backbone: nn.Module) -> State
 
 def read_imagenet_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> StateDict:
     """A `.safetensors` (timm hub), `.pth`/`.bin` (Microsoft or timm) or detectron2 `.pkl` ImageNet checkpoint ->
-    state dict."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise FileNotFoundError(f"ImageNet checkpoint not found: {path}")
-        return load_file(str(path))
+    state dict (`read_checkpoint` tells the formats apart by their contents)."""
     return unwrap_state_dict(read_checkpoint(path, allow_unsafe=allow_unsafe))
 
 
