@@ -61,6 +61,11 @@ def test_wrong_class_list_is_reported(tmp_path):
     (root / "classes.txt").write_text("# only comments\n")
     with pytest.raises(ValueError, match="empty"):
         folder(root)
+    (root / "classes.txt").write_text("sky\n\nroad\ncar\n")  # skipping line 2 would call id 2 'car'
+    with pytest.raises(ValueError, match="line 2 is blank"):
+        folder(root)
+    (root / "classes.txt").write_text("# names\nsky\nroad\n\n\n")  # comments and trailing blank lines are fine
+    assert folder(root).classes == ("sky", "road")
 
 
 def test_corrupt_image_size_mismatch_rgb_mask(tmp_path):

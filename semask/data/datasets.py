@@ -192,12 +192,21 @@ def coco_stuff10k(root: str | Path, split: str = "train2014") -> SegmentationDat
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """One class name per line (blank lines and `#` comments skipped); line k is class id k."""
+    """One class name per line; the k-th name is class id k (`#` comment lines and trailing blank lines skipped).
+
+    A blank line between names is an error: skipping it would silently give every later class the id of the one
+    before it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list {path} does not exist; write one class name per line (line k = id k)")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i + 1 for i, ln in enumerate(lines) if not ln]
+    if blank:
+        raise ValueError(f"class list {path}: line {blank[0]} is blank; class ids follow the order of the names, so "
+                         "name that class (e.g. 'unused') or delete the line")
+    names = [ln for ln in lines if not ln.startswith("#")]
     if not names:
         raise ValueError(f"class list {path} is empty")
     return names
