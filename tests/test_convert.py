@@ -198,6 +198,16 @@ def test_bad_files(tmp_path: Path) -> None:
     text.write_text("hello")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         semask.load_original(text)
+    # what `curl` saves from a Google-Drive link: not a file with unsafe objects, so no advice to unpickle it
+    page = tmp_path / "semask_tiny_ade20k.pth"
+    page.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 20)
+    for path, what in ((page, "HTML page"), (noise, "not a PyTorch checkpoint")):
+        for unsafe in (False, True):
+            with pytest.raises(ValueError, match=what) as err:
+                semask.load_original(path, allow_unsafe=unsafe)
+            assert "allow_unsafe" not in str(err.value)
 
 
 class _Custom:  # a pickled object weights_only loading refuses

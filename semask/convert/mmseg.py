@@ -50,12 +50,13 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
                          f"({type(err).__name__}: {str(err)[:200]}); download it again") from err
-    except Exception as err:  # pickle.UnpicklingError for disallowed globals, among others
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(f"{path} holds Python objects that weights_only loading refuses "
-                             f"({_refused_globals(path) or str(err)[:300]}); if you trust the file, pass "
-                             "allow_unsafe=True (CLI --allow-unsafe)") from err
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}") from err
+    except Exception as err:  # pickle.UnpicklingError for disallowed globals, and for bytes that are no pickle
+        refused = _refused_globals(path, err)
+        if refused:
+            raise ValueError(f"{path} holds Python objects that weights_only loading refuses ({refused}); if you "
+                             "trust the file, pass allow_unsafe=True (or convert it once with `semask convert "
+                             "--allow-unsafe`)") from err
+        raise ValueError(f"cannot read checkpoint {path}: {_what_it_is(path)}; download it again") from err
 
 
 def _numpy_allowed() -> contextlib.AbstractContextManager:
@@ -67,12 +68,22 @@ def _numpy_allowed() -> contextlib.AbstractContextManager:
     return torch.serialization.safe_globals([(obj, f"{m}.{n}") for (m, n), obj in numpy_globals().items()])
 
 
-def _refused_globals(path: Path) -> str:
-    """The globals weights_only loading refuses in `path`, comma-separated ("" if torch cannot say)."""
+def _refused_globals(path: Path, err: Exception) -> str:
+    """The globals weights_only loading refused in `path`, comma-separated; "" when the file is no checkpoint at
+    all (torch's error for that also says "weights only load failed", so the globals are what tells them apart)."""
     try:
-        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # older torch has no such function; a file it cannot parse says nothing either
-        return ""
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # older torch has no such function, and it reads only zip checkpoints
+        found = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return ", ".join(found)
+
+
+def _what_it_is(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(512).lstrip()
+    if head[:1] == b"<":  # e.g. Google Drive's "can't scan for viruses" page saved instead of the file
+        return "it is an HTML page, not a PyTorch checkpoint (a download link that returned a web page?)"
+    return "it is not a PyTorch checkpoint (zip or legacy torch.save format), a detectron2 .pkl or safetensors"
 
 
 def _read_pickle(path: Path, allow_unsafe: bool) -> Any:
