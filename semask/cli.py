@@ -102,14 +102,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from collections import Counter
     from pathlib import Path
 
     from .infer import Predictor, aug_test
     from .viz import save_prediction
 
-    src = Path(args.input)
+    src, out = Path(args.input), Path(args.out)
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        inside = out.resolve()  # --out inside the input folder: never segment our own earlier outputs
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and inside not in p.resolve().parents)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
     elif src.exists():
@@ -124,13 +127,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         def tqdm(x, **_):  # type: ignore[no-redef]
             return x
     failed: list[tuple[Path, str]] = []
-    out = Path(args.out)
-    for path in tqdm(files, desc="segment", unit="img", disable=len(files) < 2):
-        rel = path.relative_to(src) if src.is_dir() else Path(path.name)
+    rels = [path.relative_to(src) if src.is_dir() else Path(path.name) for path in files]
+    # x.jpg and x.png in one folder would both write x.png: such files keep their suffix in the name (x.jpg.png)
+    shared = Counter(rel.with_suffix("") for rel in rels)
+    for path, rel in tqdm(list(zip(files, rels, strict=True)), desc="segment", unit="img", disable=len(files) < 2):
         try:
             pred = predictor(path)
-            save_prediction(pred, out / rel.parent, rel.stem, overlay_png=args.overlay,
-                            priors_png=args.priors and bool(pred.priors))
+            save_prediction(pred, out / rel.parent, rel.name if shared[rel.with_suffix("")] > 1 else rel.stem,
+                            overlay_png=args.overlay, priors_png=args.priors and bool(pred.priors))
         except (ValueError, OSError) as err:  # unreadable file: report it, go on with the batch
             failed.append((path, str(err)))
     print(f"segmented {len(files) - len(failed)}/{len(files)} image(s) with {args.model} -> {out}")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.palettes import ClassInfo, get_class_info
+from .devices import resolve_device
 
 _log = logging.getLogger(__name__)
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -157,6 +158,15 @@ def slide_windows(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int]
     return out
 
 
+def _check_slide(crop: int | Sequence[int], stride: int | Sequence[int]) -> None:
+    """Sliding windows need 1 <= stride <= crop per dim: a larger stride leaves pixels no window covers."""
+    crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    stride_hw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if min(crop_hw) < 1 or min(stride_hw) < 1 or any(s > c for s, c in zip(stride_hw, crop_hw, strict=True)):
+        raise ValueError(f"sliding windows need 1 <= stride <= crop in each dimension, got crop {tuple(crop_hw)}, "
+                         f"stride {tuple(stride_hw)}")
+
+
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -284,11 +294,13 @@ class Predictor:
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive ratios, got {scales!r}")
+        if stride is not None and crop is not None:
+            _check_slide(crop, stride)
         model = self._build(model_or_name, weights)
-        if device is None:
-            device = next(model.parameters()).device if isinstance(model_or_name, nn.Module) else \
-                ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(device)
+        if device is None and isinstance(model_or_name, nn.Module):
+            self.device = next(model.parameters()).device
+        else:
+            self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         cfg = self.model.config
         pre, guessed = model_preprocessing(self.model)
@@ -304,8 +316,7 @@ class Predictor:
         self.crop = (crop, crop) if isinstance(crop, int) else tuple(int(c) for c in crop)
         stride = stride if stride is not None else tuple(c * 2 // 3 for c in self.crop)
         self.stride = (stride, stride) if isinstance(stride, int) else tuple(int(s) for s in stride)
-        if min(self.crop) < 1 or min(self.stride) < 1:
-            raise ValueError(f"crop and stride must be >= 1, got {self.crop}, {self.stride}")
+        _check_slide(self.crop, self.stride)
         self.mode, self.scales, self.flip, self.dtype, self.max_pixels = mode, tuple(scales), flip, dtype, max_pixels
 
     @staticmethod

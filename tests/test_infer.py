@@ -284,3 +284,28 @@ def test_untagged_models_get_the_preprocessing_of_their_class_count():
     assert (dataset, tuple(pre["test_scale"])) == ("cityscapes", (2048, 1024))
     pre, dataset = model_preprocessing(SimpleNamespace(config=semask.get_config("test_swin_fpn")))
     assert dataset is None and tuple(pre["test_scale"]) == (2048, 512)
+
+
+def test_bad_slide_and_device_arguments_fail_at_construction(model, monkeypatch):
+    with pytest.raises(ValueError, match="stride <= crop"):  # a stride beyond the crop leaves pixels uncovered
+        Predictor(model, mode="slide", crop=64, stride=100)
+    with pytest.raises(ValueError, match="stride <= crop"):
+        Predictor(model, mode="slide", crop=(64, 32), stride=(32, 48))
+    with pytest.raises(ValueError, match="not a torch device"):
+        Predictor(model, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Predictor(model, device="cuda")
+    assert Predictor(model, device="cpu").device == torch.device("cpu")
+
+
+def test_resolve_device_gives_each_rank_its_gpu(monkeypatch):
+    from semask.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)  # torch.cuda.set_device needs an index
+    assert resolve_device("auto", local_rank=1) == resolve_device(None, local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="only 2 CUDA device"):
+        resolve_device("cuda:2")

@@ -119,6 +119,21 @@ def test_cli_segment_folder_skips_unreadable_files(tmp_path, capsys):
     assert cli_main(["segment", str(tmp_path / "nope.png"), "--model", "test_semask_swin_fpn", "--out", "x"]) == 2
 
 
+def test_cli_segment_keeps_every_output_and_skips_its_own(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((9, 13, 3), 100, np.uint8)).save(src / "x.png")
+    Image.fromarray(np.full((7, 5, 3), 30, np.uint8)).save(src / "x.jpg")
+    Image.fromarray(np.full((6, 6, 3), 60, np.uint8)).save(src / "y.png")
+    args = ["segment", str(src), "--model", "test_semask_swin_fpn", "--out", str(src / "seg"), "--device", "cpu"]
+    for _ in range(2):  # the second run must not segment the first run's outputs inside the input folder
+        assert cli_main(args) == 0
+        assert "segmented 3/3" in capsys.readouterr().out
+    out = src / "seg"
+    assert sorted(p.name for p in out.iterdir()) == ["x.jpg.png", "x.png.png", "y.png"]
+    assert Image.open(out / "x.jpg.png").size == (5, 7) and Image.open(out / "x.png.png").size == (13, 9)
+
+
 def test_quickstart_runs_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["quickstart.py", "--out", str(tmp_path)])
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")

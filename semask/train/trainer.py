@@ -33,6 +33,7 @@ from ..data import (
     collate,
     train_transforms,
 )
+from ..devices import resolve_device
 from ..infer import aug_test
 from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
 from .config import TrainConfig
@@ -82,10 +83,7 @@ class Trainer:
         if c.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {c.amp!r}")
         self.rank, self.world, local_rank = init_distributed()
-        if c.device == "auto":
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(c.device)
+        self.device = resolve_device(c.device, local_rank=local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if c.amp == "fp16" and self.device.type != "cuda":
@@ -399,8 +397,7 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: s
     if split is None:
         raise ValueError("no evaluation split: set data.val_split=... or pass --split")
     rank, world, local_rank = init_distributed()
-    device = torch.device(c.device if c.device != "auto" else
-                          (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(c.device, local_rank=local_rank)
     kwargs = {"classes": d.classes, "reduce_zero_label": d.reduce_zero_label} if d.type == "folder" else {}
     dataset = build_dataset(d.type, d.root, split, **kwargs)
     path = Path(checkpoint)
