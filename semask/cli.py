@@ -41,6 +41,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from .export import check_export_support, export_onnx, export_program
@@ -51,10 +53,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         print(f"semask export: error: {err}", file=sys.stderr)
         return 2
+    # The format follows the file name unless --format says otherwise; a contradiction is an error (a .pt2 file
+    # holding ONNX fails later in torch.export.load with a BadZipFile).
+    by_suffix = {".onnx": "onnx", ".pt2": "torch"}.get(Path(args.out).suffix.lower())
+    fmt = args.format or by_suffix or "onnx"
+    if by_suffix is not None and fmt != by_suffix:
+        print(f"semask export: error: --format {fmt} writes {'.onnx' if fmt == 'onnx' else '.pt2'} files, not "
+              f"{args.out}: change the suffix or drop --format", file=sys.stderr)
+        return 2
     model = create_model(args.model, pretrained=args.weights or False).eval()
     size = tuple(args.size)
     try:
-        if args.format == "onnx":
+        if fmt == "onnx":
             path = export_onnx(model, args.out, example_size=size, opset=args.opset)
         else:
             path = args.out
@@ -62,7 +72,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ValueError as err:  # a traced size or opset the export cannot use
         print(f"semask export: error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {args.model} ({args.format}, dynamic H/W) -> {path}")
+    print(f"exported {args.model} ({fmt}, dynamic H/W) -> {path}")
     return 0
 
 
@@ -245,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export to ONNX or a torch.export program (dynamic H/W)")
     p.add_argument("model", help="arch or arch.tag")
     p.add_argument("out", help="output file (.onnx or .pt2)")
-    p.add_argument("--format", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torch"), help="default: from OUT's suffix (.onnx / .pt2), else onnx")
     p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl "
                                      "(default: untrained)")
     p.add_argument("--size", type=_size, default=[512, 512], help="example input traced: N or HxW (512); "

@@ -189,6 +189,19 @@ def test_cli_export_rejects_unknown_format(tmp_path):
         main(["export", "test_semask_swin_fpn", str(tmp_path / "m.x"), "--format", "tflite"])
 
 
+def test_cli_export_format_follows_the_file_name(tmp_path, monkeypatch, capsys):
+    for out, fmt in (("m.onnx", "torch"), ("m.pt2", "onnx")):  # a contradiction writes nothing
+        assert main(["export", "test_swin_fpn", str(tmp_path / out), "--format", fmt]) == 2
+        assert "change the suffix or drop --format" in capsys.readouterr().err
+        assert not (tmp_path / out).exists()
+    saved = []  # .pt2 without --format: a torch.export program (traced by a stub here: only the dispatch is tested)
+    monkeypatch.setattr("semask.export.export_program", lambda model, example_size: ("program", example_size))
+    monkeypatch.setattr(torch.export, "save", lambda program, path: saved.append((program, str(path))))
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.pt2"), "--size", "256"]) == 0
+    assert saved == [(("program", (256, 256)), str(tmp_path / "m.pt2"))]
+    assert "(torch, dynamic H/W)" in capsys.readouterr().out
+
+
 def test_torch_without_deferred_asserts_gets_a_clear_error(monkeypatch, capsys, tmp_path):
     """torch < 2.9: `torch.export.export` has no prefer_deferred_runtime_asserts_over_guards -> say what to install."""
     def old_export(mod, args, kwargs=None, *, dynamic_shapes=None, strict=False, preserve_module_call_signature=()):
