@@ -226,3 +226,13 @@ def test_local_round_trip(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 37, 50)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["prior_logits"], model(x)["prior_logits"])
+
+
+def test_inputs_below_the_smallest_mit_size_are_a_clear_error() -> None:
+    """SegFormer does not pad: below 29 px stage 0's 8x8 key/value reduction conv is larger than its map."""
+    model = semask.create_model("test_semask_mit_segformer").eval()
+    assert model.backbone.min_size == 29
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 29, 61))["logits"].shape[-2:] == (29, 61)
+        with pytest.raises(ValueError, match=r"H and W >= 29.*\(28, 300\)"):
+            model(torch.randn(1, 3, 28, 300))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import add_residual, check_image_batch, drop_path_rates, gelu
+from ..layers import add_residual, check_image_batch, drop_path_rates, gelu, is_tracing
 from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
 
 
@@ -178,6 +178,7 @@ class MiTBackbone(nn.Module):
                      drop_path=dpr, attn_impl=attn_impl)
             for i, (dim, depth, dpr) in enumerate(zip(self.dims, depths, drop_path_rates(depths, drop_path_rate),
                                                       strict=True)))
+        self.min_size = _min_input_size(patch_sizes, strides, sr_ratios)
         self.apply(_init_weights)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -188,6 +189,10 @@ class MiTBackbone(nn.Module):
         """x [B, C_in, H, W] -> ([B, C_i, H_i, W_i] per stage with H_0 = ceil(H/4), H_i = ceil(H_{i-1}/2),
         [B, K, H_i, W_i] per stage or [])."""
         check_image_batch(x, self.in_chans)
+        if not is_tracing() and min(x.shape[-2:]) < self.min_size:
+            # SegFormer has no padding rule: a key/value reduction conv larger than its map fails deep inside
+            raise ValueError(f"this MiT needs H and W >= {self.min_size} (each stage's key/value reduction conv must "
+                             f"fit its map); got {tuple(x.shape[-2:])}: resize or pad the image")
         feats, priors = [], []
         for layer in self.layers:
             x, prior = layer(x)
@@ -195,6 +200,19 @@ class MiTBackbone(nn.Module):
             if prior is not None:
                 priors.append(prior)
         return feats, priors
+
+
+def _min_input_size(patch_sizes: Sequence[int], strides: Sequence[int], sr_ratios: Sequence[int]) -> int:
+    """Smallest side length every stage can take: each patch embedding (padding k//2) must leave a map of at least
+    `sr_ratio` tokens for the k=s=sr_ratio reduction conv (29 for SegFormer's B0-B5)."""
+    def fits(n: int) -> bool:
+        for k, s, r in zip(patch_sizes, strides, sr_ratios, strict=True):
+            n = (n + 2 * (k // 2) - k) // s + 1
+            if n < max(r, 1):
+                return False
+        return True
+
+    return next(n for n in range(1, 1 << 16) if fits(n))
 
 
 def _init_weights(m: nn.Module) -> None:
