@@ -236,3 +236,14 @@ def test_inputs_below_the_smallest_mit_size_are_a_clear_error() -> None:
         assert model(torch.randn(1, 3, 29, 61))["logits"].shape[-2:] == (29, 61)
         with pytest.raises(ValueError, match=r"H and W >= 29.*\(28, 300\)"):
             model(torch.randn(1, 3, 28, 300))
+
+
+def test_offline_segformer_download_names_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SegFormer hub path goes through semask.hub.hub_download, like the Swin tags (was a raw
+    huggingface_hub LocalEntryNotFoundError)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin.*not in the cache.*HF_HUB_OFFLINE is set"):
+        semask.create_model("mit_b0_segformer.ade20k", pretrained=True)

@@ -133,13 +133,13 @@ def read_hf_checkpoint(source: str | Path, *, revision: str | None = None) -> St
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
+    """Through `semask.hub.hub_download`: `HF_HUB_OFFLINE` / `HF_ENDPOINT` / cache honoured, errors that say why."""
+    from ..hub import hub_download
 
     try:  # the nvidia repos hold pytorch_model.bin; safetensors where a conversion was merged
-        return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision))
-    except EntryNotFoundError:
-        return Path(hf_hub_download(repo_id, "pytorch_model.bin", revision=revision))
+        return hub_download(repo_id, "model.safetensors", revision=revision)
+    except FileNotFoundError:  # not on the hub, or offline with only the .bin cached
+        return hub_download(repo_id, "pytorch_model.bin", revision=revision)
 
 
 def load_segformer_weights(model: Segmentor, source: str | Path | Mapping[str, torch.Tensor], *,
