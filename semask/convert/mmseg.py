@@ -53,9 +53,7 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     except Exception as err:  # pickle.UnpicklingError for disallowed globals, and for bytes that are no pickle
         refused = _refused_globals(path, err)
         if refused:
-            raise ValueError(f"{path} holds Python objects that weights_only loading refuses ({refused}); if you "
-                             "trust the file, pass allow_unsafe=True (or convert it once with `semask convert "
-                             "--allow-unsafe`)") from err
+            raise _unsafe_error(path, refused) from err
         raise ValueError(f"cannot read checkpoint {path}: {_what_it_is(path)}; download it again") from err
 
 
@@ -78,6 +76,11 @@ def _refused_globals(path: Path, err: Exception) -> str:
     return ", ".join(found)
 
 
+def _unsafe_error(path: Path, refused: str) -> ValueError:
+    return ValueError(f"{path} holds Python objects that safe loading refuses ({refused}); if you trust the file, "
+                      "pass allow_unsafe=True (or convert it once with `semask convert --allow-unsafe`)")
+
+
 def _what_it_is(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(512).lstrip()
@@ -91,8 +94,7 @@ def _read_pickle(path: Path, allow_unsafe: bool) -> Any:
         return read_pickle(path, allow_unsafe=allow_unsafe)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):
-            raise ValueError(f"{path} holds Python objects that safe loading refuses ({err}); if you trust the "
-                             "file, pass allow_unsafe=True") from err
+            raise _unsafe_error(path, str(err).removeprefix("Unsupported global: ")) from err
         raise ValueError(f"cannot read checkpoint {path}: the pickle is truncated or corrupt ({err}); "
                          "download it again") from err
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:
