@@ -294,8 +294,6 @@ class Predictor:
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive ratios, got {scales!r}")
-        if stride is not None and crop is not None:
-            _check_slide(crop, stride)
         model = self._build(model_or_name, weights)
         if device is None and isinstance(model_or_name, nn.Module):
             self.device = next(model.parameters()).device

@@ -300,16 +300,16 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, original_sd: dict) -> 
 
 def test_safetensors_and_torch_files_are_not_taken_for_pickles(tmp_path: Path, original_sd: dict) -> None:
     """A safetensors header length can begin with the pickle PROTO bytes (0x80, 0x02 for a 640-byte header)."""
-    from semask.convert.formats import is_plain_pickle
+    from semask.convert.formats import sniff_format
 
     fake = tmp_path / "w.safetensors"
     fake.write_bytes((640).to_bytes(8, "little") + b'{"__metadata__": {}}')
-    assert fake.read_bytes()[:2] == b"\x80\x02" and not is_plain_pickle(fake)
+    assert fake.read_bytes()[:2] == b"\x80\x02" and sniff_format(fake) == "safetensors"
     torch.save(original_sd, tmp_path / "zip.pth")
     torch.save(original_sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
-    assert not is_plain_pickle(tmp_path / "zip.pth") and not is_plain_pickle(tmp_path / "legacy.pth")
+    assert sniff_format(tmp_path / "zip.pth") == sniff_format(tmp_path / "legacy.pth") == "torch"
     assert semask.load_original(tmp_path / "legacy.pth").config.num_classes == 5
-    assert is_plain_pickle(_d2_pickle(tmp_path / "d2.pkl", original_sd, layout="numpy", protocol=2))
+    assert sniff_format(_d2_pickle(tmp_path / "d2.pkl", original_sd, layout="numpy", protocol=2)) == "pickle"
     # an original state dict stored as safetensors reads on any torch (torch.load itself reads them only lately)
     save_file({k: v.contiguous() for k, v in original_sd.items()}, str(tmp_path / "original.safetensors"))
     with unittest.mock.patch.object(torch, "load", side_effect=AssertionError("torch.load used")):

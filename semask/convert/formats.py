@@ -27,20 +27,16 @@ _log = logging.getLogger(__name__)
 _TORCH_LEGACY_HEADER = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
 
 
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file: a little-endian u64 header length, then the JSON header."""
-    with path.open("rb") as f:
-        return f.read(10)[8:10] == b'{"'
-
-
-def is_plain_pickle(path: Path) -> bool:
-    """A pickle (protocol 2-5) that is neither a `torch.save` zip nor torch's legacy format (nor a safetensors
-    file, whose 8-byte header length can begin with the same bytes)."""
-    if is_safetensors(path):
-        return False
+def sniff_format(path: Path) -> str:
+    """Which reader a file needs, from its first bytes alone: "safetensors"; "pickle" (a plain pickle, protocol
+    2-5: detectron2's .pkl); or "torch" (`torch.save`'s zip or legacy format, or a file torch.load will reject)."""
     with path.open("rb") as f:
         head = f.read(len(_TORCH_LEGACY_HEADER))
-    return len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != _TORCH_LEGACY_HEADER
+    if head[8:10] == b'{"':  # safetensors: a little-endian u64 header length, then the JSON header. Checked first:
+        return "safetensors"  # that length can begin with the same bytes as a pickle (0x80 0x02 for 640)
+    if len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != _TORCH_LEGACY_HEADER:
+        return "pickle"
+    return "torch"
 
 
 def _load_storage(data: bytes) -> Any:

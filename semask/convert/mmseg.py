@@ -22,7 +22,7 @@ import torch
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
 from .common import fail_on_unmapped
-from .formats import is_plain_pickle, is_safetensors, numpy_globals, read_pickle
+from .formats import numpy_globals, read_pickle, sniff_format
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -36,11 +36,12 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes); download it again")
-    if is_safetensors(path):  # e.g. `semask convert` output: our names are the original ones
+    fmt = sniff_format(path)
+    if fmt == "safetensors":  # e.g. `semask convert` output: our names are the original ones
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if is_plain_pickle(path):
+    if fmt == "pickle":
         return _read_pickle(path, allow_unsafe)
     if allow_unsafe:
         _log.warning("loading %s with weights_only=False: this runs any code the file contains", path)
