@@ -20,10 +20,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .registry import create_model
+    from .registry import get_config
+    from .segmentor import build_model
 
-    with torch.device("meta"):
-        model = create_model(args.model)
+    with torch.device("meta"):  # the architecture only: no weights are read (a local-dir: folder's neither)
+        model = build_model(get_config(args.model))
     n = sum(p.numel() for p in model.parameters())
     info = {"name": args.model, "params": n, "config": model.config.to_dict()}
     if args.flops:
@@ -247,13 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters and config of a model")
-    p.add_argument("model", help="arch or arch.tag")
+    p.add_argument("model", help="arch, arch.tag or local-dir:FOLDER")
     p.add_argument("--flops", action="store_true", help="count multiply-accumulates (torch.utils.flop_counter)")
     p.add_argument("--size", type=_size, default=[512, 512], help="input size for --flops: N or HxW (512)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("export", help="export to ONNX or a torch.export program (dynamic H/W)")
-    p.add_argument("model", help="arch or arch.tag")
+    p.add_argument("model", help="arch, arch.tag or local-dir:FOLDER")
     p.add_argument("out", help="output file (.onnx or .pt2)")
     p.add_argument("--format", choices=("onnx", "torch"), help="default: from OUT's suffix (.onnx / .pt2), else onnx")
     p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl "
@@ -274,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment an image or a folder; write label PNGs (+ overlays, prior grids)")
     p.add_argument("input", help="an image file or a folder (searched recursively)")
-    p.add_argument("--model", required=True, help="arch or arch.tag (a tag loads its published weights)")
+    p.add_argument("--model", required=True, help="arch or arch.tag (a tag loads its published weights), or "
+                   "local-dir:FOLDER (a folder written by semask convert)")
     p.add_argument("--weights", help="semask folder / safetensors file, or an ORIGINAL .pth/.pkl checkpoint")
     p.add_argument("--out", required=True, help="output folder: NAME.png (label ids), NAME_overlay.png, ...")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole")

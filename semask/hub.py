@@ -228,8 +228,8 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
         bad = [k for k in _STRUCTURE if getattr(saved, k) != getattr(config, k)]
         if bad or saved.semantic != config.semantic:
             raise ValueError(f"weights in {source} are for a different architecture than {name!r} "
-                             f"(differs in {bad or ['semantic layers']}); use semask.load_original({str(source)!r}) "
-                             f"or create_model with the matching name ({saved.arch!r})")
+                             f"(differs in {bad or ['semantic layers']}); load them with "
+                             f"{_matching_call(path)}")
         # The windowed/global layout is not in the weights: never switch it silently under a name that pins another.
         quirks = {k: getattr(saved, k) for k in ("semantic_attention", "sem_window_size")
                   if k not in overrides and getattr(saved, k) != getattr(config, k)}
@@ -249,13 +249,27 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     return model
 
 
+def read_local_config(path: str | Path) -> ModelConfig:
+    """The architecture a semask folder's `config.json` describes (no weights read)."""
+    cfg_path = Path(path) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; a local-dir: model must be a folder written by "
+                                "`semask convert` or semask.save_pretrained")
+    return ModelConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+
+
+def _matching_call(path: Path) -> str:
+    """The call that loads `path` with the architecture its weights were saved for."""
+    if path.is_dir() or path.suffix == ".safetensors":  # a semask folder: its config.json is the architecture
+        return f"semask.create_model('{LOCAL_DIR}{path if path.is_dir() else path.parent}')"
+    return f"semask.load_original({str(path)!r})"
+
+
 def load_local_dir(path: str | Path, *, num_classes: int | None = None,
                    overrides: dict[str, Any] | None = None) -> Segmentor:
     """The model a semask folder (`config.json` + `model.safetensors`) describes, with its weights."""
     path = Path(path)
-    if not (path / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; it must be a folder written by `semask convert` "
-                                "or semask.save_pretrained")
+    read_local_config(path)  # a clear error for a folder without config.json, before reading the weights
     state, config = _read_local(path)
     model = build_model(config.replace(**(overrides or {})))
     model.load_state_dict(state, strict=True)

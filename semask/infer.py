@@ -271,7 +271,8 @@ class Predictor:
     """Segment images with a semask model.
 
     Args:
-        model_or_name: a model, or `arch` / `arch.tag` (built with `create_model`; a tag loads its weights).
+        model_or_name: a model, or `arch` / `arch.tag` (built with `create_model`; a tag loads its weights), or
+            `local-dir:PATH` (a folder written by `semask convert`: its architecture and weights).
         weights: with a name: a semask folder / safetensors file or an ORIGINAL checkpoint; False for random weights.
         mode: "whole" (one forward of the resized image) or "slide" (windows of `crop` every `stride`, overlaps
             averaged). crop defaults to the weights' training crop, stride to 2/3 of it (mmseg's 512/341).
@@ -323,8 +324,14 @@ class Predictor:
             if weights not in (None, False):
                 raise ValueError("weights= is for model names; load weights into the model instance yourself")
             return model_or_name
+        from .hub import LOCAL_DIR
         from .registry import create_model, split_name
 
+        if model_or_name.startswith(LOCAL_DIR):  # the folder's architecture and its weights
+            if weights not in (None, True):
+                raise ValueError(f"{model_or_name!r} has its own weights; drop weights=, or name an architecture to "
+                                 "load other weights into")
+            return create_model(model_or_name)
         _, tag = split_name(model_or_name)
         pretrained = (tag is not None) if weights is None else weights
         if pretrained is False:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .hub import HF_PREFIX, LOCAL_DIR, hub_download, is_published, load_local_dir, load_manifest, load_pretrained
+from .hub import (
+    HF_PREFIX,
+    LOCAL_DIR,
+    hub_download,
+    is_published,
+    load_local_dir,
+    load_manifest,
+    load_pretrained,
+    read_local_config,
+)
 from .segmentor import Segmentor, build_model
 
 W, G = "window", "global"
@@ -127,7 +136,9 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
-    """The architecture config of `arch` or `arch.tag`, with `overrides` applied last."""
+    """The architecture config of `arch`, `arch.tag` or `local-dir:PATH`, with `overrides` applied last."""
+    if name.startswith(LOCAL_DIR):
+        return read_local_config(name[len(LOCAL_DIR):]).replace(**overrides)
     arch, tag = split_name(name)
     fields = dict(ARCHS[arch], arch=arch)
     if tag:
@@ -149,7 +160,8 @@ def default_tag(arch: str) -> str:
 
 def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
                  pretrained_backbone: bool | str | Path = False, **overrides: Any) -> Segmentor:
-    """Build `arch` or `arch.tag` (or `local-dir:PATH`, a folder written by `semask convert`), optionally with weights.
+    """Build `arch` or `arch.tag`, optionally with weights; or `local-dir:PATH`, a folder written by `semask convert`
+    or `save_pretrained`, with its own architecture and weights.
 
     Args:
         pretrained: False; True (the tag's published weights, downloaded at the pinned revision and verified
@@ -165,6 +177,9 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
         overrides: any `ModelConfig` field, e.g. `attn_impl="eager"`, `drop_path_rate=0.1`.
     """
     if name.startswith(LOCAL_DIR):  # timm's convention: the folder's config.json is the architecture
+        if pretrained not in (False, None, True) or pretrained_backbone:
+            raise ValueError(f"{name!r} loads the folder's own weights; drop pretrained=/pretrained_backbone=, or "
+                             "name an architecture to load other weights into")
         return load_local_dir(name[len(LOCAL_DIR):], num_classes=num_classes, overrides=overrides)
     if pretrained is True and "." not in name:
         name = default_tag(name)

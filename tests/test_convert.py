@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import unittest.mock
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 import semask
@@ -127,6 +130,44 @@ def test_convert_fixture_loads_back_via_local_dir(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 70, 90)
     with torch.no_grad():
         torch.testing.assert_close(model(x)["logits"], original(x)["logits"])
+
+
+def test_local_dir_works_wherever_a_model_name_does(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A `custom` conversion (no registered size matches) is usable by name in the Predictor and every CLI command,
+    and a name that does not fit it says which call does."""
+    from semask.infer import Predictor
+
+    out = tmp_path / "fixture"
+    assert cli_main(["convert", str(FIXTURES / "semask_fpn_tiny_w7.pth"), str(out)]) == 0
+    hint = capsys.readouterr().out
+    name = f"local-dir:{out}"
+    assert f"create_model('{name}')" in hint
+    model = semask.create_model(name).eval()
+    assert model.config.arch == "custom"
+    image = np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    pred = Predictor(name, test_scale="original")(image)
+    assert pred.labels.shape == (40, 52)
+    with torch.no_grad():
+        ref = Predictor(model, test_scale="original")(image)
+    assert np.array_equal(pred.labels, ref.labels)
+    with pytest.raises(ValueError, match="own weights"):
+        Predictor(name, weights=str(out))
+    with pytest.raises(ValueError, match="own weights"):
+        semask.create_model(name, pretrained=str(out))
+    # info reads the config only (no weights copied onto meta tensors, no warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli_main(["info", name]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == sum(p.numel() for p in model.parameters())
+    Image.fromarray(image).save(tmp_path / "img.png")
+    assert cli_main(["segment", str(tmp_path / "img.png"), "--model", name, "--out", str(tmp_path / "seg")]) == 0
+    assert (tmp_path / "seg" / "img.png").is_file()
+    # weights for another architecture: the error names the call that loads them
+    with pytest.raises(ValueError, match=re.escape(f"semask.create_model('{name}')")):
+        semask.create_model("test_semask_swin_fpn", pretrained=out)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        semask.create_model(f"local-dir:{tmp_path / 'missing'}")
+    assert cli_main(["info", f"local-dir:{tmp_path / 'missing'}"]) == 2
 
 
 def test_pretrained_with_new_num_classes_keeps_other_weights(tmp_path: Path) -> None:
