@@ -12,7 +12,10 @@ from pathlib import Path
 def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import list_models, list_pretrained
 
-    names = list_pretrained(args.pattern) if args.pretrained else list_models(args.pattern, include_tags=args.tags)
+    if args.unpublished and not args.pretrained:
+        raise ValueError("--unpublished narrows --pretrained: pass both")
+    names = list_pretrained(args.pattern, include_unpublished=args.unpublished) if args.pretrained else \
+        list_models(args.pattern, include_tags=args.tags)
     print("\n".join(names))
     return 0
 
@@ -244,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list architectures (and tags)")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--tags", action="store_true", help="include every arch.tag")
-    p.add_argument("--pretrained", action="store_true", help="only tags with released weights")
+    p.add_argument("--pretrained", action="store_true", help="only tags that pretrained=True loads")
+    p.add_argument("--unpublished", action="store_true",
+                   help="with --pretrained: also released originals not yet converted on the hub")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters and config of a model")

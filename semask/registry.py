@@ -150,12 +150,13 @@ def default_tag(arch: str) -> str:
     """The `arch.tag` that `pretrained=True` uses when only `arch` is given: a published tag first, else the first
     released one (ADE20K sorts first)."""
     split_name(arch)
-    released = list_pretrained(f"{arch}.*")
-    published = [n for n in released if is_published(load_manifest()[n])]
+    # whole-model weights only: a `*_init` tag (backbone init, random semantic layers) is never the default
+    released = [n for n in list_pretrained(f"{arch}.*", include_unpublished=True) if load_manifest()[n].get("source")]
     if not released:
         raise ValueError(f"{arch} has no released weights; pretrained architectures: "
-                         f"{sorted({n.split('.')[0] for n in list_pretrained()})}")
-    return (published or released)[0]
+                         f"{sorted({n.split('.')[0] for n in list_pretrained(include_unpublished=True)})}")
+    loadable = set(list_pretrained(f"{arch}.*"))
+    return ([n for n in released if n in loadable] or released)[0]
 
 
 def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
@@ -236,6 +237,17 @@ def list_models(pattern: str = "*", *, include_tags: bool = False) -> list[str]:
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """`arch.tag` names that have released weights (an original checkpoint, and published conversions)."""
-    return sorted(n for n, e in load_manifest().items() if e.get("source") and fnmatch.fnmatch(n, pattern))
+def list_pretrained(pattern: str = "*", *, include_unpublished: bool = False) -> list[str]:
+    """`arch.tag` names that `create_model(name, pretrained=True)` loads, as timm's: converted weights published on
+    the hub, SegFormer checkpoints (converted on the fly from transformers), and the `*_init` starting points
+    (ImageNet / SegFormer weights for the parts they name).
+
+    `include_unpublished`: also the tags whose original checkpoint is released but whose conversion is not on the hub
+    yet (`pretrained=True` raises with the download link and the `semask convert` command for those).
+    """
+    from .convert.segformer import is_segformer_tag
+
+    def loadable(name: str, entry: dict[str, Any]) -> bool:
+        return is_published(entry) or is_segformer_tag(name) or (include_unpublished and bool(entry.get("source")))
+
+    return sorted(n for n, e in load_manifest().items() if fnmatch.fnmatch(n, pattern) and loadable(n, e))

@@ -22,8 +22,12 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     assert main(["list", "--pretrained"]) == 0
     pretrained = capsys.readouterr().out.split()
     assert "mit_b4_segformer.ade20k" in pretrained  # SegFormer's own release
-    assert not [n for n in pretrained if n.startswith("semask_mit_")]  # no trained SeMask MiT weights exist
-    assert len([n for n in pretrained if n.startswith("semask_swin_")]) == 17  # all released SeMask
+    # no trained SeMask MiT weights exist: only the starting points
+    assert all(n.endswith("_init") for n in pretrained if n.startswith("semask_mit_"))
+    assert not [n for n in pretrained if n.startswith("semask_swin_")]  # released, but not converted on the hub yet
+    assert main(["list", "--pretrained", "--unpublished", "semask_swin_*"]) == 0
+    assert len(capsys.readouterr().out.split()) == 17  # all released SeMask Swin checkpoints
+    assert main(["list", "--unpublished"]) == 2
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]

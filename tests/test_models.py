@@ -16,8 +16,25 @@ TEST_ARCHS = semask.list_models("test_*")
 def test_registry_lists() -> None:
     assert "semask_swin_tiny_fpn" in semask.list_models()
     assert len(TEST_ARCHS) >= 3
-    assert "semask_swin_tiny_fpn.ade20k" in semask.list_pretrained()
-    assert not [n for n in semask.list_pretrained() if n.startswith("swin_")]  # baselines: no released weights
+    # timm's meaning: what pretrained=True loads. Nothing of the SeMask-Swin zoo is on the hub yet (the manifest's
+    # revisions are null), so those tags are listed only with include_unpublished.
+    loadable = semask.list_pretrained()
+    assert "mit_b0_segformer.ade20k" in loadable and "semask_mit_b0_segformer.imagenet_init" in loadable
+    for name in loadable:
+        entry = semask.hub.load_manifest()[name]
+        assert semask.hub.is_published(entry) or (entry["source"] or entry["init"])["format"] == "hf-transformers"
+    released = semask.list_pretrained(include_unpublished=True)
+    assert set(loadable) < set(released) and "semask_swin_tiny_fpn.ade20k" in released
+    assert not [n for n in released if n.startswith("swin_")]  # baselines: no released weights
+    unpublished = sorted(set(released) - set(loadable))
+    assert unpublished == sorted(n for n in released if n.startswith("semask_swin_"))
+    with pytest.raises(ValueError, match="not published yet"):
+        semask.create_model(unpublished[0], pretrained=True)
+    # the default tag of an arch is whole-model weights, never a backbone-only *_init starting point
+    assert semask.registry.default_tag("semask_swin_tiny_fpn") == "semask_swin_tiny_fpn.ade20k"
+    assert semask.registry.default_tag("mit_b0_segformer") == "mit_b0_segformer.ade20k"
+    with pytest.raises(ValueError, match="no released weights"):
+        semask.registry.default_tag("semask_mit_b0_segformer")
     assert set(semask.list_models("*", include_tags=True)) > set(semask.list_models())
 
 
