@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semask.data import ResumableSampler, ade20k, cityscapes, coco_stuff10k, folder
+from semask.data import ResumableSampler, ade20k, cityscapes, coco_stuff10k, default_splits, folder
 from semask.data.transforms import (
     PAPER_RATIOS,
     Pad,
@@ -94,6 +94,19 @@ def test_empty_and_missing_pairs(tmp_path):
         folder(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"images folder .*nowhere"):
         folder(tmp_path / "nowhere", classes=["a"])
+
+
+def test_folder_with_split_folders_needs_a_split(tmp_path):
+    for split in ("train", "val"):
+        _save(tmp_path / "images" / split / "x.jpg", np.zeros((2, 2, 3), np.uint8))
+        _save(tmp_path / "masks" / split / "x.png", np.zeros((2, 2), np.uint8))
+    (tmp_path / "classes.txt").write_text("a\n")
+    with pytest.raises(ValueError, match=r"split folders \['train', 'val'\]: pass split="):
+        folder(tmp_path)
+    assert len(folder(tmp_path, "val")) == 1
+    assert default_splits("folder", tmp_path, None, None) == ("train", "val")
+    assert default_splits("folder", tmp_path, "val", "train") == ("val", "train")
+    assert default_splits("ade20k", tmp_path, None, None) == (None, None)
 
 
 def test_ade20k_reduces_zero_label(tmp_path):

@@ -14,6 +14,7 @@ import semask.train.checkpoint as ckpt_mod
 from semask.cli import main
 from semask.train import Trainer, load_config
 from semask.train.checkpoint import atomic_save, list_checkpoints, load_checkpoint
+from semask.train.trainer import evaluate_checkpoint
 from tests._trainkit import one_thread, tiny_config, tiny_data  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,53 @@ def test_config_overrides_and_presets(tmp_path):
     city = load_config(ROOT / "configs" / "cityscapes_semask_base.yaml")
     assert (city.lr, city.weight_decay, city.data.ratio_range, city.data.crop_size) == (1e-3, 0.05, (0.5, 2.0),
                                                                                         (768, 768))
+
+
+def test_config_type_and_range_errors_name_the_key():
+    for override, message in [("data.crop_size=64", r"data\.crop_size must be a list of 2 ints, got 64 "
+                                                     r"\(e\.g\. data\.crop_size=\[512,512\]\)"),
+                              ("iters=abc", "iters must be int, got 'abc'"),
+                              ("batch_size=0", "batch_size must be >= 1"),
+                              ("betas=[0.9]", "betas must be a list of 2 floats"),
+                              ("amp=fp32", r"amp must be one of \['no', 'bf16', 'fp16'\]"),
+                              ("data.type=voc", "data.type must be one of"),
+                              ("data.crop_size=[0,8]", "positive sizes"),
+                              ("eval_crop=abc", "eval_crop must be int or a list of 2 ints or null")]:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [override])
+    cfg = load_config(None, ["iters=1e4", "lr=2e-4", "eval_crop=512", "data.train_split=2017", "clip_grad=null",
+                             "grad_checkpointing=yes", "data.ratio_range=[0.5, 2]"])
+    assert (cfg.iters, cfg.lr, cfg.eval_crop, cfg.data.train_split, cfg.clip_grad, cfg.grad_checkpointing,
+            cfg.data.ratio_range) == (10000, 2e-4, 512, "2017", None, True, (0.5, 2.0))
+    assert main(["train", "batch_size=0"]) == 2  # the CLI reports it, nothing is built
+
+
+def test_folder_splits_default_to_the_layout(data_root, tmp_path, caplog):
+    """images/{train,val} with no splits set: train on train, evaluate on val (never on all of images/)."""
+    cfg = tiny_config(data_root, tmp_path)
+    cfg.data.train_split = cfg.data.val_split = None
+    trainer = Trainer(cfg, progress=False)
+    assert (len(trainer.train_set), len(trainer.val_set)) == (8, 4)
+    metrics, dataset = evaluate_checkpoint(cfg, _final_weights(trainer, tmp_path))
+    assert len(dataset) == 4 and "mIoU" in metrics
+    # a flat folder has no validation split: training says so (no evaluation, no best.pt)
+    flat = tmp_path / "flat"
+    for sub in ("images", "masks"):
+        (flat / sub).mkdir(parents=True)
+        for f in sorted((data_root / sub / "train").iterdir())[:2]:
+            (flat / sub / f.name).write_bytes(f.read_bytes())
+    (flat / "classes.txt").write_text((data_root / "classes.txt").read_text())
+    cfg.data.root = str(flat)
+    with caplog.at_level("WARNING", logger="semask.train.trainer"):
+        trainer = Trainer(cfg, progress=False)
+    assert trainer.val_set is None and "no best.pt" in caplog.text
+
+
+def _final_weights(trainer: Trainer, tmp_path: Path) -> Path:
+    import semask
+
+    semask.save_pretrained(trainer.module, tmp_path / "w")
+    return tmp_path / "w"
 
 
 def test_cli_train_then_eval(data_root, tmp_path, capsys):

@@ -8,7 +8,9 @@ from .datasets import (
     build_dataset,
     cityscapes,
     coco_stuff10k,
+    default_splits,
     folder,
+    folder_splits,
     read_class_list,
 )
 from .loader import ResumableSampler, ShardSampler, TransformedDataset, collate
@@ -18,4 +20,5 @@ from .transforms import train_transforms
 
 __all__ = ["CITYSCAPES_CLASSES", "DATASETS", "SYNTHETIC_CLASSES", "ResumableSampler", "SegmentationDataset",
            "ShardSampler", "TransformedDataset", "ade20k", "build_dataset", "cityscapes", "coco_stuff10k", "collate",
-           "folder", "read_class_list", "train_transforms", "write_synthetic_dataset"]
+           "default_splits", "folder", "folder_splits", "read_class_list", "train_transforms",
+           "write_synthetic_dataset"]

@@ -212,11 +212,37 @@ def read_class_list(path: str | Path) -> list[str]:
     return names
 
 
+# Names a folder dataset's split sub-folders go by (the README's layout: images/train, images/val).
+SPLIT_NAMES = ("train", "training", "val", "validation", "test")
+
+
+def folder_splits(root: str | Path) -> list[str]:
+    """The split sub-folders (`SPLIT_NAMES`) that `root/images` holds."""
+    return [n for n in SPLIT_NAMES if (Path(root) / "images" / n).is_dir()]
+
+
+def default_splits(kind: str, root: str | Path, train_split: str | None,
+                   val_split: str | None) -> tuple[str | None, str | None]:
+    """(train, val) splits with a folder dataset's unset ones read from its layout: `train` / `val` when
+    `root/images` has such sub-folders. The other datasets keep theirs (None: their default training split, and no
+    validation)."""
+    if kind != "folder":
+        return train_split, val_split
+    found = folder_splits(root)
+    return (train_split if train_split is not None or "train" not in found else "train",
+            val_split if val_split is not None or "val" not in found else "val")
+
+
 def folder(root: str | Path, split: str | None = None, *, classes: Sequence[str] | str | Path | None = None,
            reduce_zero_label: bool = False) -> SegmentationDataset:
     """Custom data: `root/images/[split/]NAME.jpg|png` + `root/masks/[split/]NAME.png` (class ids, 255 ignore);
-    classes from a list, a file, or `root/classes.txt`."""
+    classes from a list, a file, or `root/classes.txt`. Without `split`, every image under `root/images` (its
+    sub-folders are part of the names) unless it holds split folders (`train`, `val`, ...): then `split` must name one,
+    so that one split's images are never read as another's."""
     root = Path(root)
+    if split is None and folder_splits(root):
+        raise ValueError(f"{root / 'images'} holds split folders {folder_splits(root)}: pass split= one of them (a "
+                         "training config: data.train_split=... and data.val_split=...)")
     if classes is None or isinstance(classes, (str, Path)):
         class_file = Path(classes) if classes is not None else root / "classes.txt"
         classes = read_class_list(class_file)

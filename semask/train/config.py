@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.datasets import DATASETS
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, PAPER_RATIOS
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -78,18 +81,59 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        value = float(value) if any(c in value for c in ".eE") else int(value)
-    if isinstance(default, bool):
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {args[0].__name__}s"
+        return f"a list of {len(args)} {'/'.join(sorted({a.__name__ for a in args}))}s"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """`value` as the annotated type `hint` (numbers from strings, lists to tuples); TypeError if it is not one."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _convert(value, arg)
+                except TypeError:
+                    pass
+        raise TypeError
+    if isinstance(value, str) and hint in (int, float) and _FLOAT_RE.match(value.strip()):
+        value = float(value) if any(c in value for c in ".eE") else int(value)  # YAML 1.1 reads 1e-4 as a string
+    if hint is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        return bool(value)
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+        if isinstance(value, bool) or value in (0, 1):
+            return bool(value)
+    elif hint is int:
+        if isinstance(value, float) and value.is_integer():  # iters=1e4
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):  # a split named 2017
+            return str(value)
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if variadic or len(value) == len(args):
+            types_ = [args[0]] * len(value) if variadic else args
+            return tuple(_convert(v, t) for v, t in zip(value, types_, strict=True))
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    raise TypeError
 
 
 def _build(cls: type, values: dict, where: str) -> Any:
@@ -97,20 +141,56 @@ def _build(cls: type, values: dict, where: str) -> Any:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"unknown {where} key(s) {unknown}; valid: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        default = names[name].default
         if name == "data":
             kwargs[name] = value if isinstance(value, DataConfig) else _build(DataConfig, value or {}, "data")
-        elif name in ("model_overrides", "classes"):
-            kwargs[name] = value
-        else:
-            kwargs[name] = _coerce(value, default if default is not dataclasses.MISSING else None)
+            continue
+        key = name if where == "config" else f"{where}.{name}"
+        try:
+            kwargs[name] = _convert(value, hints[name])
+        except TypeError:
+            default = names[name].default
+            example = "" if default in (None, dataclasses.MISSING) else \
+                f" (e.g. {key}={json.dumps(default, default=list).replace(' ', '')})"
+            raise ValueError(f"config key {key} must be {_describe(hints[name])}, got {value!r}{example}") from None
     return cls(**kwargs)
 
 
+# Range and choice rules checked by `validate_config` (the types are checked when a config is read).
+_AT_LEAST = {"iters": 1, "batch_size": 1, "accum_steps": 1, "eval_interval": 1, "ckpt_interval": 1,
+             "log_interval": 1, "keep_last": 1, "warmup_iters": 0, "data.num_workers": 0}
+_CHOICES = {"amp": ("no", "bf16", "fp16"), "loss_reduction": ("all", "valid"), "eval_mode": ("whole", "slide"),
+            "data.type": tuple(DATASETS)}
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Range and choice checks; a ValueError names the key and the accepted values."""
+    def get(key: str) -> Any:
+        obj = config
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for key, low in _AT_LEAST.items():
+        if get(key) < low:
+            raise ValueError(f"config key {key} must be >= {low}, got {get(key)!r}")
+    for key, choices in _CHOICES.items():
+        if get(key) not in choices:
+            raise ValueError(f"config key {key} must be one of {list(choices)}, got {get(key)!r}")
+    if config.lr <= 0:
+        raise ValueError(f"config key lr must be > 0, got {config.lr!r}")
+    for key in ("data.crop_size", "data.scale"):
+        if min(get(key)) < 1:
+            raise ValueError(f"config key {key} must be positive sizes, got {list(get(key))}")
+
+
 def config_from_dict(values: dict) -> TrainConfig:
-    return _build(TrainConfig, dict(values), "config")
+    """A checked `TrainConfig` from plain values (a YAML/JSON file with overrides applied)."""
+    config = _build(TrainConfig, dict(values), "config")
+    validate_config(config)
+    return config
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -31,12 +31,13 @@ from ..data import (
     TransformedDataset,
     build_dataset,
     collate,
+    default_splits,
     train_transforms,
 )
 from ..devices import resolve_device
 from ..infer import aug_test
 from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, validate_config
 from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
@@ -80,8 +81,7 @@ class Trainer:
         """`eval_protocol`: how the periodic evaluation predicts (whole / slide, scales, flip); default: the
         config's `eval_mode`, `eval_crop`, `eval_stride`, `eval_tta`."""
         self.cfg = c = config
-        if c.amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {c.amp!r}")
+        validate_config(c)  # also a config built in Python (files are checked when read)
         self.rank, self.world, local_rank = init_distributed()
         self.device = resolve_device(c.device, local_rank=local_rank)
         if self.device.type == "cuda":
@@ -98,11 +98,15 @@ class Trainer:
         torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
 
         d = c.data
-        self.train_set = train_set if train_set is not None else build_dataset(d.type, d.root, d.train_split,
+        train_split, val_split = default_splits(d.type, d.root, d.train_split, d.val_split)
+        self.train_set = train_set if train_set is not None else build_dataset(d.type, d.root, train_split,
                                                                                **self._dataset_kwargs())
-        if val_set is None and d.val_split is not None:
-            val_set = build_dataset(d.type, d.root, d.val_split, **self._dataset_kwargs())
+        if val_set is None and val_split is not None:
+            val_set = build_dataset(d.type, d.root, val_split, **self._dataset_kwargs())
         self.val_set = val_set
+        if val_set is None and self.rank == 0:
+            _log.warning("no validation data (data.val_split is not set): training without evaluation, and no "
+                         "best.pt is written; set data.val_split=... to evaluate every eval_interval iterations")
         self.model = model if model is not None else self._build_model()
         num_classes = getattr(getattr(self.model, "config", None), "num_classes", self.train_set.num_classes)
         if num_classes != self.train_set.num_classes:
@@ -393,7 +397,7 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: s
     from ..registry import create_model
 
     c, d = config, config.data
-    split = split if split is not None else d.val_split
+    split = split if split is not None else default_splits(d.type, d.root, d.train_split, d.val_split)[1]
     if split is None:
         raise ValueError("no evaluation split: set data.val_split=... or pass --split")
     rank, world, local_rank = init_distributed()
