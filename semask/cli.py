@@ -91,6 +91,12 @@ def _size(text: str) -> list[int]:
     return [size, size] if isinstance(size, int) else list(size)
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import load_original
     from .hub import save_pretrained
@@ -231,7 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .train.demo import run_demo
 
     _setup_logging()  # the trainer logs the per-class table at each evaluation
-    result = run_demo(args.out, seed=args.seed, **({"iters": args.iters} if args.iters else {}))
+    result = run_demo(args.out, seed=args.seed, **({"iters": args.iters} if args.iters is not None else {}))
     m, pictures = result["metrics"], result["pictures"]
     print(f"held-out mIoU {100 * m['mIoU']:.1f} in {result['seconds']:.0f} s")
     print(f"pictures: {result['overlays']} (image | truth | prediction | overlay); per held-out image in {pictures}: "
@@ -322,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline demo: synthetic data -> train a small SeMask on the CPU -> evaluate")
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--iters", type=int, help="training iterations (default: the demo's tuned count)")
+    p.add_argument("--iters", type=_positive_int, help="training iterations (default: the demo's tuned count)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -144,7 +144,8 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, sh
     except LocalEntryNotFoundError as err:
         why = "HF_HUB_OFFLINE is set" if settings["local_files_only"] else "the hub could not be reached"
         raise FileNotFoundError(f"{where} is not in the cache ({settings['cache_dir'] or 'default HF cache'}) and "
-                                f"{why}; download it once online, or pass a local file as pretrained=") from err
+                                f"{why}; download it once online, or pass a local copy of the file where you named the "
+                                "hub weights (pretrained= / pretrained_backbone= / --weights)") from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         raise FileNotFoundError(f"{where} does not exist on the hub ({type(err).__name__}); check the repo id, "
                                 "revision and file name") from err

@@ -41,6 +41,8 @@ def aug_test(enabled: bool) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- image loading
 def _check_pixels(h: int, w: int, max_pixels: int | None, what: str) -> None:
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} is empty ({w}x{h} pixels)")
     if max_pixels is not None and h * w > max_pixels:
         raise ValueError(f"{what}: {w}x{h} = {h * w} pixels is above the limit max_pixels={max_pixels}; downscale "
                          f"it or raise the limit (Predictor(max_pixels=...), CLI --max-pixels)")
@@ -52,6 +54,8 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
             arr = arr / 257.0  # 16-bit -> 8-bit, 65535 -> 255
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1] (scientific TIFFs), as float tensors are read
         arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=-1)
     return np.asarray(img.convert("RGB"))  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...
@@ -99,6 +103,7 @@ def _tensor_to_rgb(t: torch.Tensor, max_pixels: int | None) -> list[np.ndarray]:
         raise ValueError(f"expected a tensor [3, H, W] or [B, 3, H, W] (RGB, float in [0, 1] or uint8), "
                          f"got shape {tuple(t.shape)}")
     t = t.detach().cpu()
+    _check_pixels(t.shape[-2], t.shape[-1], None, "tensor")  # before min/max, which an empty tensor has not
     if t.is_floating_point():
         lo, hi = float(t.min()), float(t.max())
         if lo < -1e-3 or hi > 1 + 1e-3:

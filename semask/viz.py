@@ -18,25 +18,40 @@ _BG = (255, 255, 255)
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Label map [H, W] -> [H, W, 3] uint8 colours; labels outside the palette (e.g. ignore 255) are black."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be [H, W], got shape {labels.shape}")
-    lut = np.zeros((max(int(labels.max(initial=0)) + 1, len(palette)), 3), dtype=np.uint8)
+    """Label map [H, W] (array or tensor) -> [H, W, 3] uint8 colours; labels outside the palette (e.g. ignore 255,
+    negative ids) are black."""
+    labels = _label_array(labels)
+    n = max(int(labels.max(initial=0)) + 1, len(palette))
+    lut = np.zeros((n + 1, 3), dtype=np.uint8)  # the extra last row: black, for negative labels
     lut[:len(palette)] = palette
-    return lut[np.clip(labels, 0, None)]
+    return lut[np.where(labels < 0, n, labels)]
+
+
+def _label_array(labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer map [H, W], got shape {labels.shape} of {labels.dtype}")
+    return labels
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, *,
             palette: np.ndarray | None = None) -> np.ndarray:
-    """Blend the label colours over an [H, W, 3] uint8 image: (1 - alpha) · image + alpha · colour."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.shape[:2] != np.shape(labels):
-        raise ValueError(f"image [H, W, 3] and labels [H, W] must match, got {image.shape} and {np.shape(labels)}")
+    """Blend the label colours over an image: (1 - alpha) · image + alpha · colour -> [H, W, 3] uint8.
+
+    `image`: anything the Predictor reads (path, PIL, [H, W, 3] uint8 array, [3, H, W] tensor); `labels`: [H, W]
+    integer array or tensor of the same size."""
+    from .infer import to_rgb_list
+
+    images, single = to_rgb_list(image, max_pixels=None)
+    if not single:
+        raise ValueError(f"overlay takes one image, got {len(images)}")
+    image, labels = images[0], _label_array(labels)
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image and labels must have the same H x W, got {image.shape[:2]} and {labels.shape}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if palette is None:
-        palette = generate_palette(int(np.max(labels)) + 1)
+        palette = generate_palette(max(int(labels.max(initial=0)) + 1, 1))
     color = colorize(labels, palette).astype(np.float32)
     return np.round((1 - alpha) * image.astype(np.float32) + alpha * color).astype(np.uint8)
 

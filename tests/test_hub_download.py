@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import semask
+from semask.convert.segformer import load_segformer
 from semask.hub import load_manifest, save_pretrained
 
 REPO = "someone/semask-test"
@@ -183,6 +184,8 @@ def test_offline_set_at_import_time_is_honoured(hub, files, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as if HF_HUB_OFFLINE=1 before import
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
         semask.create_model(TAG, pretrained=True)
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):  # a SegFormer repo's config.json as well
+        load_segformer("nvidia/segformer-b0-finetuned-ade-512-512")
     assert hub.requests == []
 
 

@@ -111,6 +111,8 @@ def test_window_resize_and_errors():
     wider = semask.create_model("test_semask_swin_fpn", **dict(small, embed_dim=24))
     with pytest.raises(ValueError, match="shape"):
         imagenet_swin_to_semask(tm.state_dict(), wider.backbone)
+    with pytest.raises(ValueError, match=r"whole segmentation-model checkpoint .*backbone\.\*.*pretrained=PATH"):
+        imagenet_swin_to_semask(model.state_dict(), model.backbone)  # a SeMask model's weights, not ImageNet's
     with pytest.raises(ValueError, match="no ImageNet weights are known"):
         semask.create_model("test_semask_swin_fpn", pretrained_backbone=True)
     with pytest.raises(ValueError, match="not both"):

@@ -229,6 +229,13 @@ def test_wrong_rank_tensor(shape):
         to_rgb_list(torch.rand(shape))
 
 
+@pytest.mark.parametrize("empty", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8), torch.rand(3, 0, 4),
+                                   Image.new("RGB", (0, 0))])
+def test_empty_images_are_refused(empty, model):
+    with pytest.raises(ValueError, match="empty"):
+        Predictor(model)(empty)
+
+
 def test_tensor_value_range_is_checked():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         to_rgb_list(torch.rand(3, 4, 4) * 255)
@@ -256,6 +263,11 @@ def test_image_modes_are_converted_to_rgb(tmp_path):
     assert load_image(_save(pal, tmp_path / "p.png"))[0, 0].tolist() == [10, 20, 30]
     assert load_image(_save(Image.new("L", (3, 2), 77), tmp_path / "l.png")).shape == (2, 3, 3)
     assert to_rgb_list(np.full((4, 5), 9, np.uint8))[0][0].shape == (4, 5, 3)
+    # float ("F") TIFFs: values in [0, 1] are read as a float tensor would be, larger ones as 0..255
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)
+    assert load_image(_save(Image.fromarray(unit, "F"), tmp_path / "f.tif"))[..., 0].tolist() == [[0, 128], [255, 64]]
+    assert load_image(_save(Image.fromarray(unit * 200, "F"), tmp_path / "f2.tif"))[..., 0].tolist() == \
+        [[0, 100], [200, 50]]
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from semask.cli import main
@@ -50,6 +51,14 @@ def test_demo_cli_writes_pictures_metrics_and_weights(tmp_path, capsys, monkeypa
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["mIoU"] <= 1 and metrics["iters"] == 3
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    # run again in the same folder: a fresh log (the first run's kept aside), not one appended to the other
+    assert main(["demo", "--out", str(tmp_path), "--iters", "2"]) == 0
+    iters = [json.loads(line)["iter"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert iters == sorted(iters) and max(iters) == 2
+    assert (tmp_path / "run" / "log.previous.jsonl").read_text().count("\n") >= 1
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(SystemExit):
+            main(["demo", "--out", str(tmp_path), "--iters", bad])
 
 
 def test_finetune_example_runs_on_a_folder_dataset(tmp_path):

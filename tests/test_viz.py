@@ -58,8 +58,16 @@ def test_overlay_follows_the_palette():
     half = overlay(pred.image, pred.labels, 0.5, palette=pal).astype(int)
     assert np.abs(half - (pred.image.astype(int) + pal[pred.labels]) / 2).max() <= 0.5
     assert colorize(np.array([[255]]), pal).tolist() == [[[0, 0, 0]]]  # ignore index: black
-    with pytest.raises(ValueError, match="must match"):
+    with pytest.raises(ValueError, match="same H x W"):
         overlay(pred.image, pred.labels[:5], 0.5)
+    # tensors as the model gives them: a [3, H, W] float image and a label tensor
+    chw = torch.from_numpy(pred.image).permute(2, 0, 1).float() / 255
+    assert np.array_equal(overlay(chw, torch.from_numpy(pred.labels), 1.0, palette=pal), pal[pred.labels])
+    # negative ids (e.g. -1 for "none") are black, as ids outside the palette; no palette is needed for them
+    neg = np.full(pred.labels.shape, -1)
+    assert not overlay(pred.image, neg, 1.0).any() and colorize(np.array([[-1, 0]]), pal)[0, 0].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="integer map"):
+        overlay(pred.image, pred.labels.astype(np.float32), 0.5)
 
 
 def test_save_prediction_writes_real_pngs(tmp_path):

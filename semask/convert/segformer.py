@@ -205,10 +205,10 @@ def load_segformer(source: str | Path, *, semantic: bool = False, revision: str 
         cfg_file = path / "config.json"
     elif path.exists():
         raise FileNotFoundError(f"{path}: pass the folder (config.json + weights), or a hub repo id")
-    else:
-        from huggingface_hub import hf_hub_download
+    else:  # through semask.hub: offline / missing-repo errors that say why
+        from ..hub import hub_download
 
-        cfg_file = Path(hf_hub_download(str(source), "config.json", revision=revision))
+        cfg_file = hub_download(str(source), "config.json", revision=revision)
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json (a folder written by transformers' save_pretrained)")
     config = infer_segformer_config(json.loads(cfg_file.read_text()), semantic=semantic, **overrides)

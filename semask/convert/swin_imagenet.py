@@ -47,6 +47,11 @@ def imagenet_swin_to_semask(sd: Mapping[str, Any], backbone: nn.Module) -> State
     from timm.layers import resize_rel_pos_bias_table
 
     sd = unwrap_state_dict(sd)
+    whole = sorted({k.split(".")[0] for k in sd if k.startswith(("backbone.", "decode_head.", "sem_seg_head."))})
+    if whole:  # mmseg / detectron2 segmentation model, not an ImageNet classifier
+        raise ValueError(f"this is a whole segmentation-model checkpoint (keys {', '.join(w + '.*' for w in whole)}), "
+                         "not an ImageNet Swin: load it with pretrained=PATH (CLI/config: pretrained=...), and "
+                         "num_classes= for other classes re-initialises only the classifier and class projections")
     timm = is_timm_layout(sd)
     own = backbone.state_dict()
     out: StateDict = {}

@@ -195,11 +195,11 @@ class Trainer:
     def _resume(self) -> None:
         resume = self.cfg.resume
         if resume in (None, "", "no", "none", False):
-            return
+            return self._start_log()
         if resume == "auto":
             found = list_checkpoints(self.ckpt_dir)
             if not found:
-                return
+                return self._start_log()
             resume = found[-1][1]
         self.load_state_dict(load_checkpoint(resume))
         if self.rank == 0:
@@ -207,6 +207,15 @@ class Trainer:
             _log.info("resumed from %s at iteration %d", resume, self.iteration)
 
     # ---- logging ----
+    def _start_log(self) -> None:
+        """A fresh run: its log starts empty (records were appended to an earlier run's); the earlier log is kept
+        as log.previous.jsonl."""
+        log = self.out_dir / "log.jsonl"
+        if self.rank == 0 and log.is_file():
+            os.replace(log, self.out_dir / "log.previous.jsonl")
+            _log.warning("%s: a fresh run (no checkpoint to resume); the earlier log is now log.previous.jsonl",
+                         self.out_dir)
+
     def _rewrite_log(self) -> None:
         """After a resume the log holds exactly the records up to the resumed iteration (none from the lost tail)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
