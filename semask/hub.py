@@ -270,8 +270,8 @@ def load_local_dir(path: str | Path, *, num_classes: int | None = None,
                    overrides: dict[str, Any] | None = None) -> Segmentor:
     """The model a semask folder (`config.json` + `model.safetensors`) describes, with its weights."""
     path = Path(path)
-    read_local_config(path)  # a clear error for a folder without config.json, before reading the weights
-    state, config = _read_local(path)
+    config = read_local_config(path)  # first: a clear error for a folder without config.json
+    state, _ = _read_local(path)
     model = build_model(config.replace(**(overrides or {})))
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:
