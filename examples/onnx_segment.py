@@ -55,7 +55,7 @@ def segment(session: ort.InferenceSession, meta: dict, image: np.ndarray) -> np.
     """[H, W, 3] uint8 RGB -> [H, W] int64 class indices (add meta["label_offset"] for the dataset's label ids)."""
     pre = meta["input"]
     h, w = image.shape[:2]
-    size = rescale_size(h, w, pre["test_scale"])
+    size = rescale_size(h, w, pre["test_scale"]) if pre["test_scale"] else (h, w)  # null: the weights' own size
     x = image.transpose(2, 0, 1).astype(np.float32)  # [3, H, W], 0..255
     if size != (h, w):
         x = np.clip(np.rint(resize_bilinear(x, size)), 0, 255)

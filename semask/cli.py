@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,6 +92,16 @@ def _size(text: str) -> list[int]:
     return [size, size] if isinstance(size, int) else list(size)
 
 
+def _test_scale(text: str) -> tuple[int, int] | str:
+    """argparse type for `--test-scale LONG,SHORT|original`."""
+    if text == "original":
+        return text
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected LONG,SHORT (e.g. 2048,512) or 'original', got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -99,14 +110,17 @@ def _positive_int(text: str) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import load_original
-    from .hub import save_pretrained
+    from .hub import HIDDEN_FIELDS, save_pretrained, structure_differences
     from .registry import get_config
 
-    overrides = {}
-    if args.model:  # a tag pins the quirk fields the weights cannot tell
+    overrides, cfg = {}, None
+    if args.model:  # the name pins the fields the weights cannot tell
         cfg = get_config(args.model)
-        overrides = {"semantic_attention": cfg.semantic_attention, "sem_window_size": cfg.sem_window_size}
+        overrides = {k: getattr(cfg, k) for k in HIDDEN_FIELDS}
     model = load_original(args.checkpoint, allow_unsafe=args.allow_unsafe, **overrides)
+    if cfg is not None and (bad := structure_differences(model.config, cfg)):
+        raise ValueError(f"{args.checkpoint} is not a {args.model} (its tensors differ in {bad}): drop --model, or "
+                         f"name the architecture it is ({model.config.arch})")
     path = save_pretrained(model, args.out_dir)
     print(f"converted {args.checkpoint} ({model.config.arch}, {model.config.num_classes} classes, semantic layers: "
           f"{model.config.semantic_attention}) -> {path}")
@@ -121,40 +135,72 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from collections import Counter
-    from pathlib import Path
+def _segment_inputs(src: Path, out: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, their paths relative to the input folder) for `semask segment SRC --out OUT`."""
+    if not src.exists():
+        raise FileNotFoundError(f"no such image or folder: {src}")
+    if not src.is_dir():
+        return [src], [Path(src.name)]
+    out_r, src_r = out.resolve(), src.resolve()
+    # --out inside the input folder: never segment our own earlier outputs (files under --out)
+    skip = out_r if src_r in out_r.parents else None
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and (skip is None or skip not in p.resolve().parents))
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
+    return files, [p.relative_to(src) for p in files]
 
+
+def _segment_outputs(files: list[Path], rels: list[Path], out: Path, kinds: list[str]) -> list[tuple[Path, str]]:
+    """(folder, stem) per input for `save_prediction`, such that no two inputs write the same file and no output
+    overwrites an input image. An input whose outputs would collide with another's (x.jpg and x.png both writing
+    x.png; a.png's a_overlay.png and an input a_overlay.png) keeps its suffix in the name (x.jpg.png)."""
+    def names(rel: Path, full: bool) -> list[Path]:
+        stem = rel.name if full else rel.stem
+        return [rel.parent / f"{stem}{kind}.png" for kind in kinds]
+
+    def clashing(full: list[bool]) -> set[Path]:
+        counts = Counter(n for rel, f in zip(rels, full, strict=True) for n in names(rel, f))
+        return {n for n, c in counts.items() if c > 1}
+
+    full = [False] * len(rels)
+    bad = clashing(full)
+    full = [bool(bad & set(names(rel, False))) for rel in rels]
+    if bad := clashing(full):
+        raise ValueError(f"inputs would write the same output files {sorted(map(str, bad))[:5]}; rename them")
+    inputs = {p.resolve() for p in files}
+    for path, rel, f in zip(files, rels, full, strict=True):
+        for name in names(rel, f):
+            if (out / name).resolve() in inputs:
+                raise ValueError(f"writing {out / name} (the output for {path}) would overwrite an input image; "
+                                 "choose an --out folder that holds no input images")
+    return [(out / rel.parent, rel.name if f else rel.stem) for rel, f in zip(rels, full, strict=True)]
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
     from .infer import Predictor, aug_test
     from .viz import save_prediction
 
     src, out = Path(args.input), Path(args.out)
-    if src.is_dir():
-        inside = out.resolve()  # --out inside the input folder: never segment our own earlier outputs
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                       and inside not in p.resolve().parents)
-        if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {src}")
-    elif src.exists():
-        files = [src]
-    else:
-        raise FileNotFoundError(f"no such image or folder: {src}")
+    files, rels = _segment_inputs(src, out)
+    kinds = [""] + ["_overlay"] * args.overlay + ["_priors"] * args.priors
+    targets = _segment_outputs(files, rels, out, kinds)  # before the model is built: a clash costs nothing
     predictor = Predictor(args.model, weights=args.weights, device=args.device, mode=args.mode,
-                          max_pixels=args.max_pixels, **aug_test(args.tta))
+                          max_pixels=args.max_pixels or None, test_scale=args.test_scale, **aug_test(args.tta))
+    if args.priors and not predictor.model.backbone.semantic:
+        print(f"note: {args.model} has no semantic layers (a plain baseline): no prior grids are written",
+              file=sys.stderr)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
         def tqdm(x, **_):  # type: ignore[no-redef]
             return x
     failed: list[tuple[Path, str]] = []
-    rels = [path.relative_to(src) if src.is_dir() else Path(path.name) for path in files]
-    # x.jpg and x.png in one folder would both write x.png: such files keep their suffix in the name (x.jpg.png)
-    shared = Counter(rel.with_suffix("") for rel in rels)
-    for path, rel in tqdm(list(zip(files, rels, strict=True)), desc="segment", unit="img", disable=len(files) < 2):
+    for path, (folder, stem) in tqdm(list(zip(files, targets, strict=True)), desc="segment", unit="img",
+                                     disable=len(files) < 2):
         try:
             pred = predictor(path)
-            save_prediction(pred, out / rel.parent, rel.name if shared[rel.with_suffix("")] > 1 else rel.stem,
-                            overlay_png=args.overlay, priors_png=args.priors and bool(pred.priors))
+            save_prediction(pred, folder, stem, overlay_png=args.overlay, priors_png=args.priors and bool(pred.priors))
         except (ValueError, OSError) as err:  # unreadable file: report it, go on with the batch
             failed.append((path, str(err)))
     print(f"segmented {len(files) - len(failed)}/{len(files)} image(s) with {args.model} -> {out}")
@@ -215,7 +261,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .infer import aug_test
     from .train import load_config
     from .train.evaluate import EvalProtocol, parse_size
-    from .train.metrics import format_table
+    from .train.metrics import format_table, metrics_json
     from .train.trainer import evaluate_checkpoint
 
     _setup_logging()
@@ -229,7 +275,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
               f"{tuple(scale) if scale else 'as stored'} (keep-ratio resize by the Predictor)")
         print(format_table(metrics))
         if args.json:
-            Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            Path(args.json).write_text(metrics_json(metrics), encoding="utf-8")
     return 0
 
 
@@ -295,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.add_argument("--priors", action="store_true", help="also write NAME_priors.png (per-stage prior maps)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger images (default 4096²)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="refuse larger images (default 4096²; 0: no limit)")
+    p.add_argument("--test-scale", type=_test_scale, help="LONG,SHORT keep-ratio resize bound before inference, or "
+                   "'original' (no resize); default: the weights' (a training run's data.test_scale)")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("publish", help="convert original checkpoints, write model.safetensors + config.json + model "
@@ -338,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+    except (ValueError, KeyError, OSError, TypeError) as err:  # OSError: missing, existing or unwritable paths
         print(f"semask {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -3,11 +3,70 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 DECODERS = ("fpn", "segformer", "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
 BACKBONES = ("swin", "mit")
+SEMANTIC_KINDS = ("window", "global")
+
+# Value rules checked whenever a config is built or replaced: the builders would otherwise fail deep inside torch
+# (num_classes=2.5) or build a model that cannot train (num_classes=0, drop_path_rate=2.0).
+_POSITIVE_INTS = ("embed_dim", "num_classes", "patch_size", "in_chans", "decoder_channels", "size_divisibility",
+                  "conv_dim", "mask_dim", "hidden_dim", "num_queries", "nheads", "dim_feedforward",
+                  "enc_dim_feedforward", "enc_points")
+_OPTIONAL_POSITIVE_INTS = ("window_size", "sem_window_size", "sem_num_classes")  # or None (see the docstring)
+_LAYER_COUNTS = ("dec_layers", "enc_layers")  # 0 builds (Mask2Former DEC_LAYERS=1 builds no extra layer)
+_RATES = ("drop_path_rate", "decoder_dropout")  # probabilities in [0, 1)
+# Per-stage int lists and their minimum: a Swin / MiT stage may have depth 0, every other entry is a size.
+_STAGE_INTS = {"depths": 0, "num_heads": 1, "embed_dims": 1, "mit_sr_ratios": 1, "mit_patch_sizes": 1,
+               "mit_strides": 1, "num_sem_blocks": 1}
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    """`value` as an int >= `low`; a ValueError naming the field otherwise (bools are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"model config field {name} must be a whole number (int) >= {low}, got {value!r} "
+                         f"({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"model config field {name} must be >= {low}, got {value!r}")
+    return int(value)  # numpy / torch ints -> int (JSON-serialisable)
+
+
+def _check_float(name: str, value: Any, low: float, high: float | None = None) -> float:
+    """`value` as a float in [low, high), or > low without `high` (a ratio); a ValueError naming the field."""
+    ok_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    in_range = ok_type and (low <= value < high if high is not None else value > low)
+    if not in_range:
+        bound = f"in [{low}, {high})" if high is not None else f"> {low}"
+        raise ValueError(f"model config field {name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_stage_ints(name: str, value: Any, low: int) -> tuple[int, ...]:
+    """A list / tuple of ints >= `low` as a tuple (lists come from JSON)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"model config field {name} must be a non-empty list of ints (one per stage), "
+                         f"got {value!r}")
+    return tuple(_check_int(f"{name}[{i}]", v, low) for i, v in enumerate(value))
+
+
+def _checked_fields(c: ModelConfig) -> dict[str, Any]:
+    """The type- and range-checked values of the numeric fields of `c`, normalised (ints, floats, tuples)."""
+    out: dict[str, Any] = {name: _check_int(name, getattr(c, name), 1) for name in _POSITIVE_INTS}
+    out.update({name: _check_int(name, getattr(c, name), 1) for name in _OPTIONAL_POSITIVE_INTS
+                if getattr(c, name) is not None})
+    out.update({name: _check_int(name, getattr(c, name), 0) for name in _LAYER_COUNTS})
+    out.update({name: _check_float(name, getattr(c, name), 0.0, 1.0) for name in _RATES})
+    out["mlp_ratio"] = _check_float("mlp_ratio", c.mlp_ratio, 0.0)
+    for name, low in _STAGE_INTS.items():
+        value = getattr(c, name)
+        if name == "num_sem_blocks" and not isinstance(value, (list, tuple)):
+            out[name] = _check_int(name, value, low)  # one count for every stage
+        elif value is not None:
+            out[name] = _check_stage_ints(name, value, low)
+    return out
 
 
 @dataclass(frozen=True)
@@ -65,17 +124,15 @@ class ModelConfig:
     mit_strides: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("depths", "num_heads", "semantic_attention", "embed_dims", "mit_sr_ratios", "mit_patch_sizes",
-                     "mit_strides"):  # lists from JSON -> tuples
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.num_sem_blocks, list):
-            object.__setattr__(self, "num_sem_blocks", tuple(self.num_sem_blocks))
+        """Checks every field (also on `replace` / `from_dict`) and normalises lists (JSON) to tuples."""
+        for name, value in _checked_fields(self).items():
+            object.__setattr__(self, name, value)  # frozen: normalised in place
+        self._check_semantic_attention()
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.decoder == "maskformer" and self.dec_layers < 1:  # its output stacks the decoder layers'
+            raise ValueError(f"model config field dec_layers must be >= 1 for decoder='maskformer', got "
+                             f"{self.dec_layers}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone == "swin" and not self.window_size:
@@ -85,6 +142,17 @@ class ModelConfig:
                        if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"a MiT backbone needs {missing} (see the mit_* entries of semask.registry.ARCHS)")
+
+    def _check_semantic_attention(self) -> None:
+        """None or one of SEMANTIC_KINDS per stage (the stage count is checked when the backbone is built)."""
+        value = self.semantic_attention
+        if value is None:
+            return
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+                or not all(v in SEMANTIC_KINDS for v in value):
+            raise ValueError(f"model config field semantic_attention must be None or a list of {SEMANTIC_KINDS} "
+                             f"(one per stage), got {value!r}")
+        object.__setattr__(self, "semantic_attention", tuple(value))
 
     @property
     def semantic(self) -> bool:

@@ -84,15 +84,11 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
     weights' preprocessing, the classes (names, palette, the offset of the dataset's label ids) and what the
     outputs are. `export_onnx` writes it into the file as metadata_props["semask"];
     `examples/onnx_segment.py` follows it with numpy, Pillow and onnxruntime alone."""
-    from .data.palettes import get_class_info
-    from .infer import model_preprocessing
+    from .infer import model_classes, model_preprocessing
 
     cfg = model.config
     pre, dataset = model_preprocessing(model)
-    try:
-        classes = get_class_info(dataset, cfg.num_classes)
-    except ValueError:  # a tag's dataset but another class count (a re-headed model): generic names
-        classes = get_class_info(None, cfg.num_classes)
+    classes = model_classes(model, dataset)
     scores = ("semantic scores (softmax(class) x sigmoid(mask) summed over queries)"
               if cfg.decoder not in ("fpn", "segformer") else "class logits")
     return {
@@ -104,19 +100,21 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
         "palette": classes.palette.tolist(),
         "label_offset": classes.label_offset,
         "input": {
-            "name": "images", "shape": "[B, 3, H, W] float32, RGB",
+            "name": "images", "shape": "[1, 3, H, W] float32, RGB (one image: the batch is fixed at export)",
             "min_size": min_input_size(model) if min_size is None else min_size, "max_size": max_size,
-            "test_scale": list(pre["test_scale"]), "mean": list(pre["mean"]), "std": list(pre["std"]),
+            "test_scale": None if pre["test_scale"] in (None, "original") else list(pre["test_scale"]),
+            "mean": list(pre["mean"]), "std": list(pre["std"]),
             "steps": "resize the 0..255 RGB image keeping its aspect ratio to the largest size with long side <= "
-                     "max(test_scale) and short side <= min(test_scale) (it may upscale; sizes rounded half up), "
+                     "max(test_scale) and short side <= min(test_scale) (it may upscale; sizes rounded half up; "
+                     "test_scale null: no resize), "
                      "bilinear with half-pixel centres and no antialiasing; round and clip to 0..255; "
                      "(x - mean) / std per channel",
         },
         "outputs": {
-            "logits": f"[B, K, H, W] {scores} at the input size: resize them bilinearly (half-pixel centres) to "
+            "logits": f"[1, K, H, W] {scores} at the input size: resize them bilinearly (half-pixel centres) to "
                       "the image's original size and take the argmax over K; add label_offset to get the "
                       "dataset's label ids",
-            "prior_logits": "[B, K', H, W] the semantic-prior logits (SeMask models only)",
+            "prior_logits": "[1, K', H, W] the semantic-prior logits (SeMask models only)",
         },
     }
 
@@ -124,8 +122,9 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
 def export_onnx(model: nn.Module | ExportedProgram, path: str | Path, *,
                 example_size: tuple[int, int] = DEFAULT_EXAMPLE, opset: int = 18, min_size: int | None = None,
                 max_size: int = MAX_SIZE, metadata: dict[str, Any] | None = None) -> Path:
-    """Write an ONNX file (opset >= 17, inputs `images` [B, 3, H, W] with dynamic H and W; outputs `logits`
-    and, for SeMask models, `prior_logits`) from a model or an `export_program` result.
+    """Write an ONNX file (opset >= 17, inputs `images` [B, 3, H, W] with dynamic H and W and a fixed B: 1 from a
+    model, the traced batch of a program; outputs `logits` and, for SeMask models, `prior_logits`) from a model or an
+    `export_program` result.
 
     The file's metadata_props["semask"] holds `metadata` as JSON: by default, for a model,
     `deployment_metadata(model)` (preprocessing, classes, outputs); pass it yourself with a program.

@@ -22,11 +22,30 @@ LOCAL_DIR = "local-dir:"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HF_PREFIX = "hf-hub:"
-# Structure fields: weights for one structure cannot be loaded into another.
+PRETRAINED_CFG = "pretrained_cfg"  # config.json key: the preprocessing and classes the weights expect
+_PORTABLE = ("name", "dataset", "preprocessing", "classes")  # what a saved folder keeps of model.pretrained_cfg
+# Structure fields: weights for one structure cannot be loaded into another (nheads: the tensors cannot tell it,
+# but the same weights split into other heads compute something else).
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
               "decoder_channels", "num_sem_blocks", "mlp_ratio", "conv_dim", "mask_dim", "hidden_dim", "num_queries",
-              "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points",
+              "nheads", "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points",
               "backbone", "embed_dims", "mit_sr_ratios", "mit_patch_sizes", "mit_strides")
+# What an original checkpoint's tensors cannot tell and a name pins (the original fixes them in its config files).
+HIDDEN_FIELDS = ("semantic_attention", "sem_window_size", "nheads")
+
+
+def structure_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """The structure fields in which two configs differ such that weights for one do not fit the other: fields
+    that change the tensors, and `nheads` of the mask decoders. A field the architecture does not use (MaskFormer's
+    pixel-decoder encoder sizes, FPN's query decoder) does not count."""
+    bad = [k for k in _STRUCTURE if getattr(a, k) != getattr(b, k)]
+    if not bad and a.semantic == b.semantic:
+        return []
+    with torch.device("meta"):  # shapes only, nothing allocated
+        shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (a, b)]
+    if shapes[0] != shapes[1]:
+        return bad + (["semantic layers"] if a.semantic != b.semantic else [])
+    return ["nheads"] if "nheads" in bad and a.decoder not in ("fpn", "segformer") else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,19 +56,49 @@ def load_manifest() -> dict[str, dict[str, Any]]:
 
 
 def save_pretrained(model: Segmentor, out_dir: str | Path) -> Path:
-    """Write `model.safetensors` and `config.json` to `out_dir`; returns the weights path."""
+    """Write `model.safetensors` and `config.json` to `out_dir`; returns the weights path. config.json holds the
+    architecture and, under "pretrained_cfg", what the weights expect: preprocessing and classes (a tag's, or those
+    a semask training run recorded), so that a folder predicts as its weights were trained."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "arch": model.config.arch})
-    (out / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    config = model.config.to_dict()
+    if getattr(model, "pretrained_cfg", None):
+        config[PRETRAINED_CFG] = {k: v for k, v in model.pretrained_cfg.items() if k in _PORTABLE and v is not None}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out / WEIGHTS_NAME
 
 
-def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None]:
-    """A semask folder/safetensors file -> (state dict, saved config or None)."""
+def training_pretrained_cfg(classes: Any, *, mean: Any, std: Any, test_scale: Any, crop_size: Any,
+                            dataset: str | None = None) -> dict[str, Any]:
+    """`model.pretrained_cfg` for weights trained by semask: their classes (a `ClassInfo`) and preprocessing
+    (`test_scale` None: each image at its own size)."""
+    return {"dataset": dataset,
+            "preprocessing": {"mean": list(mean), "std": list(std), "crop_size": list(crop_size),
+                              "test_scale": "original" if test_scale is None else list(test_scale)},
+            "classes": {"name": classes.name, "names": list(classes.names), "palette": classes.palette.tolist(),
+                        "label_offset": int(classes.label_offset)}}
+
+
+def _read_config_json(path: Path) -> tuple[ModelConfig, dict[str, Any] | None]:
+    """config.json -> (architecture, pretrained_cfg or None)."""
+    values = json.loads(path.read_text(encoding="utf-8"))
+    extra = values.pop(PRETRAINED_CFG, None)
+    return ModelConfig.from_dict(values), extra
+
+
+def _with_pretrained_cfg(model: Segmentor, extra: dict[str, Any] | None, saved: ModelConfig) -> Segmentor:
+    """Attach a folder's pretrained_cfg, unless the classes were re-initialised (its class table no longer fits)."""
+    if extra and model.config.num_classes == saved.num_classes:
+        model.pretrained_cfg = extra
+    return model
+
+
+def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None, dict[str, Any] | None]:
+    """A semask folder/safetensors file -> (state dict, saved config or None, its pretrained_cfg or None)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -61,8 +110,8 @@ def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None
     except (SafetensorError, OSError) as err:
         raise ValueError(f"cannot read {weights}: truncated or not a safetensors file ({err})") from err
     cfg_path = weights.parent / CONFIG_NAME
-    config = ModelConfig.from_dict(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
-    return state, config
+    config, extra = _read_config_json(cfg_path) if cfg_path.is_file() else (None, None)
+    return state, config, extra
 
 
 def _unpublished_error(name: str) -> ValueError:
@@ -217,20 +266,21 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     if not path.exists():
         raise FileNotFoundError(f"pretrained={str(source)!r} does not exist; pass True, a semask folder or "
                                 "safetensors file, or an original .pth checkpoint")
+    extra = None
     if path.is_dir() or path.suffix == ".safetensors":
-        state, saved = _read_local(path)
+        state, saved, extra = _read_local(path)
     else:  # an original checkpoint, converted on the fly with the tag's quirk fields
         from .convert import load_original
 
-        quirks = {k: getattr(config, k) for k in ("semantic_attention", "sem_window_size") if "." in name}
-        model = load_original(path, **quirks, **overrides)
+        # a tag pins every hidden field; an arch name its heads (the layout follows the original's rule)
+        quirks = {k: getattr(config, k) for k in HIDDEN_FIELDS if "." in name or k == "nheads"}
+        model = load_original(path, **{**quirks, **overrides})
         state, saved = model.state_dict(), model.config
     if saved is not None:
-        bad = [k for k in _STRUCTURE if getattr(saved, k) != getattr(config, k)]
-        if bad or saved.semantic != config.semantic:
+        bad = structure_differences(saved, config)
+        if bad:
             raise ValueError(f"weights in {source} are for a different architecture than {name!r} "
-                             f"(differs in {bad or ['semantic layers']}); load them with "
-                             f"{_matching_call(path)}")
+                             f"(differs in {bad}); load them with {_matching_call(path)}")
         # The windowed/global layout is not in the weights: never switch it silently under a name that pins another.
         quirks = {k: getattr(saved, k) for k in ("semantic_attention", "sem_window_size")
                   if k not in overrides and getattr(saved, k) != getattr(config, k)}
@@ -247,7 +297,7 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:
         model = reset_classes(model, num_classes)
-    return model
+    return _with_pretrained_cfg(model, extra, config)
 
 
 def read_local_config(path: str | Path) -> ModelConfig:
@@ -256,7 +306,7 @@ def read_local_config(path: str | Path) -> ModelConfig:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; a local-dir: model must be a folder written by "
                                 "`semask convert` or semask.save_pretrained")
-    return ModelConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+    return _read_config_json(cfg_path)[0]
 
 
 def _matching_call(path: Path) -> str:
@@ -271,12 +321,12 @@ def load_local_dir(path: str | Path, *, num_classes: int | None = None,
     """The model a semask folder (`config.json` + `model.safetensors`) describes, with its weights."""
     path = Path(path)
     config = read_local_config(path)  # first: a clear error for a folder without config.json
-    state, _ = _read_local(path)
+    state, _, extra = _read_local(path)
     model = build_model(config.replace(**(overrides or {})))
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:
         model = reset_classes(model, num_classes)
-    return model
+    return _with_pretrained_cfg(model, extra, config)
 
 
 def reset_classes(model: Segmentor, num_classes: int) -> Segmentor:

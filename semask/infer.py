@@ -163,6 +163,17 @@ def slide_windows(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int]
     return out
 
 
+def _check_test_scale(scale: Sequence[int] | str | None) -> tuple[int, int] | None:
+    """(long, short) keep-ratio bound, or None for 'original' (no resize)."""
+    if scale == "original" or scale is None:
+        return None
+    if isinstance(scale, str) or not isinstance(scale, Sequence) or len(scale) != 2 or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scale):
+        raise ValueError(f"test_scale must be (long, short) positive ints (e.g. (2048, 512)), 'original' or None, "
+                         f"got {scale!r}")
+    return int(scale[0]), int(scale[1])
+
+
 def _check_slide(crop: int | Sequence[int], stride: int | Sequence[int]) -> None:
     """Sliding windows need 1 <= stride <= crop per dim: a larger stride leaves pixels no window covers."""
     crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
@@ -257,8 +268,8 @@ def model_preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
     `arch.dataset` guessed from the class count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's
     defaults (dataset None). What the `Predictor` and exported ONNX files (`semask.export`) use."""
     entry = getattr(model, "pretrained_cfg", None)
-    if entry:
-        return dict(entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
+    if entry and entry.get("preprocessing"):
+        return dict(DEFAULT_PREPROCESSING, **entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
     from .hub import load_manifest
 
     info = get_class_info(num_classes=model.config.num_classes)
@@ -266,9 +277,23 @@ def model_preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
     entry = load_manifest().get(f"{model.config.arch}.{guess}") or load_manifest().get(
         f"semask_swin_tiny_fpn.{guess}")
     if entry:
-        _log.info("untagged model with %d classes: using %s preprocessing", model.config.num_classes, guess)
         return dict(entry["preprocessing"]), guess
     return dict(DEFAULT_PREPROCESSING), None
+
+
+def model_classes(model: nn.Module, dataset: str | None) -> ClassInfo:
+    """Class names, palette and label offset for a model's outputs: those recorded with its weights (a semask
+    training run), else `dataset`'s, else generated for its class count (also for a tag's model re-headed to
+    another count)."""
+    n = model.config.num_classes
+    saved = (getattr(model, "pretrained_cfg", None) or {}).get("classes")
+    if saved and len(saved["names"]) == n:
+        return ClassInfo(saved.get("name", "custom"), tuple(saved["names"]),
+                         np.asarray(saved["palette"], dtype=np.uint8).reshape(n, 3), int(saved.get("label_offset", 0)))
+    try:
+        return get_class_info(dataset, n)
+    except ValueError:
+        return get_class_info(None, n)
 
 
 # ----------------------------------------------------------------------------------------------- predictor
@@ -309,13 +334,15 @@ class Predictor:
         cfg = self.model.config
         pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
-        self.classes = classes or get_class_info(self.dataset, cfg.num_classes)
+        if guessed and not (dataset or classes):  # an untagged model without recorded classes
+            _log.warning("%d classes and no recorded dataset: assuming %s (class names, palette, label ids as written "
+                         "to label PNGs, preprocessing); pass dataset= / classes= / test_scale= if that is wrong",
+                         cfg.num_classes, guessed)
+        self.classes = classes or (get_class_info(dataset, cfg.num_classes) if dataset else
+                                   model_classes(self.model, self.dataset))
         self.mean = torch.tensor(mean or pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std or pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        if isinstance(test_scale, str) and test_scale != "original":
-            raise ValueError(f"test_scale must be (long, short), 'original' or None, got {test_scale!r}")
-        self.test_scale: tuple[int, ...] | None = None if test_scale == "original" else \
-            tuple(int(s) for s in (test_scale or pre["test_scale"]))
+        self.test_scale = _check_test_scale(test_scale if test_scale is not None else pre["test_scale"])
         crop = crop if crop is not None else pre["crop_size"]
         self.crop = (crop, crop) if isinstance(crop, int) else tuple(int(c) for c in crop)
         stride = stride if stride is not None else tuple(c * 2 // 3 for c in self.crop)

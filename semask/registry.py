@@ -250,4 +250,7 @@ def list_pretrained(pattern: str = "*", *, include_unpublished: bool = False) ->
     def loadable(name: str, entry: dict[str, Any]) -> bool:
         return is_published(entry) or is_segformer_tag(name) or (include_unpublished and bool(entry.get("source")))
 
-    return sorted(n for n, e in load_manifest().items() if fnmatch.fnmatch(n, pattern) and loadable(n, e))
+    def matches(name: str) -> bool:  # an architecture name alone matches its tags
+        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.partition(".")[0], pattern)
+
+    return sorted(n for n, e in load_manifest().items() if matches(n) and loadable(n, e))

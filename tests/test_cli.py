@@ -28,6 +28,8 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     assert main(["list", "--pretrained", "--unpublished", "semask_swin_*"]) == 0
     assert len(capsys.readouterr().out.split()) == 17  # all released SeMask Swin checkpoints
     assert main(["list", "--unpublished"]) == 2
+    assert main(["list", "--pretrained", "mit_b0_segformer"]) == 0  # an architecture name lists its tags
+    assert capsys.readouterr().out.split() == ["mit_b0_segformer.ade20k", "mit_b0_segformer.imagenet_init"]
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]

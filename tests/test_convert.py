@@ -170,6 +170,32 @@ def test_local_dir_works_wherever_a_model_name_does(tmp_path: Path, capsys: pyte
     assert cli_main(["info", f"local-dir:{tmp_path / 'missing'}"]) == 2
 
 
+def test_convert_with_a_name_checks_the_checkpoint_and_pins_hidden_fields(tmp_path, capsys) -> None:
+    # an FPN checkpoint is not a MaskFormer: refused, naming what it is (it took the MaskFormer layout before)
+    assert cli_main(["convert", str(FIXTURES / "semask_fpn_tiny_w7.pth"), str(tmp_path / "o"),
+                     "--model", "semask_swin_large_maskformer.ade20k"]) == 2
+    assert "is not a semask_swin_large_maskformer.ade20k" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # detectron2: the heads of the named architecture (4 for the tiny test model; the original's default is 8)
+    ckpt = FIXTURES / "semask_maskformer_tiny_w7.pth"
+    assert cli_main(["convert", str(ckpt), str(tmp_path / "mf"), "--model", "test_semask_maskformer"]) == 0
+    assert json.loads((tmp_path / "mf" / "config.json").read_text())["nheads"] == 4
+    cfg = semask.get_config("test_semask_maskformer")
+    ref = semask.load_original(ckpt, nheads=4, semantic_attention=cfg.semantic_attention,
+                               sem_window_size=cfg.sem_window_size).eval()
+    converted = semask.create_model(f"local-dir:{tmp_path / 'mf'}").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x)["logits"], ref(x)["logits"])
+    # and on the fly, by name: the same heads
+    direct = semask.create_model("test_semask_maskformer", pretrained=ckpt)
+    assert direct.config.nheads == 4
+    # an output path that is a file: a reported error, not a traceback
+    (tmp_path / "afile").write_text("x")
+    assert cli_main(["convert", str(FIXTURES / "semask_fpn_tiny_w7.pth"), str(tmp_path / "afile")]) == 2
+    assert "afile" in capsys.readouterr().err
+
+
 def test_pretrained_with_new_num_classes_keeps_other_weights(tmp_path: Path) -> None:
     model = semask.create_model("test_semask_swin_fpn").eval()
     semask.save_pretrained(model, tmp_path)

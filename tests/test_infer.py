@@ -286,6 +286,42 @@ def test_one_pixel_file(tmp_path, model):
     assert pred.labels.shape == (1, 1) and pred.image.tolist() == [[[9, 99, 199]]]
 
 
+def test_weights_folders_keep_their_classes_and_preprocessing(tmp_path, caplog):
+    """A model trained on custom data keeps its class table, label ids and test scale through save_pretrained /
+    local-dir:, instead of being taken for ADE20K because it has 150 classes."""
+    from semask.data.palettes import ClassInfo, generate_palette
+    from semask.export import deployment_metadata
+    from semask.hub import training_pretrained_cfg
+
+    model = semask.create_model("test_semask_swin_fpn", num_classes=150).eval()
+    names = tuple(f"thing{i}" for i in range(150))
+    model.pretrained_cfg = training_pretrained_cfg(ClassInfo("mine", names, generate_palette(150)), mean=(1, 2, 3),
+                                                   std=(4, 5, 6), test_scale=None, crop_size=(64, 64))
+    semask.save_pretrained(model, tmp_path / "w")
+    with caplog.at_level("WARNING"):
+        p = Predictor(f"local-dir:{tmp_path / 'w'}")
+    assert "assuming" not in caplog.text  # nothing guessed
+    assert p.classes.names == names and p.classes.label_offset == 0 and p.test_scale is None
+    assert p.mean.flatten().tolist() == [1, 2, 3] and p.crop == (64, 64)
+    again = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w")
+    assert again.pretrained_cfg == p.model.pretrained_cfg
+    meta = deployment_metadata(again)
+    assert meta["class_names"] == list(names) and meta["input"]["test_scale"] is None
+    # re-headed: the class table no longer fits, so it is not kept
+    assert semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w", num_classes=3).pretrained_cfg is None
+    # without a record the class count decides, and the Predictor says what it assumed
+    semask.save_pretrained(semask.create_model("test_semask_swin_fpn", num_classes=150), tmp_path / "bare")
+    with caplog.at_level("WARNING"):
+        bare = Predictor(f"local-dir:{tmp_path / 'bare'}")
+    assert bare.classes.name == "ade20k" and "assuming ade20k" in caplog.text
+
+
+@pytest.mark.parametrize("scale", [512, (64,), (0, 5), "native", (64.0, 32)])
+def test_bad_test_scale_is_refused(model, scale):
+    with pytest.raises(ValueError, match="test_scale must be"):
+        Predictor(model, test_scale=scale)
+
+
 def test_untagged_models_get_the_preprocessing_of_their_class_count():
     from types import SimpleNamespace
 

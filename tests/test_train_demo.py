@@ -30,7 +30,7 @@ def test_synthetic_data_is_deterministic_and_valid(tmp_path):
     assert len(ds) == 3 and ds.num_classes == 5 and ds.load(0)["label"].max() < 5
 
 
-def test_demo_cli_writes_pictures_metrics_and_weights(tmp_path, capsys, monkeypatch):
+def test_demo_cli_writes_pictures_metrics_and_weights(tmp_path, capsys, monkeypatch, caplog):
     import semask.train.demo as demo
 
     real = demo.run_demo
@@ -51,8 +51,12 @@ def test_demo_cli_writes_pictures_metrics_and_weights(tmp_path, capsys, monkeypa
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["mIoU"] <= 1 and metrics["iters"] == 3
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "final" / "model.safetensors").is_file()
-    # run again in the same folder: a fresh log (the first run's kept aside), not one appended to the other
-    assert main(["demo", "--out", str(tmp_path), "--iters", "2"]) == 0
+    # run again in the same folder: a fresh log (the first run's kept aside), not one appended to the other, and
+    # the demo clears its own earlier checkpoints (the trainer refuses a fresh run beside another run's)
+    with caplog.at_level("INFO", logger="semask.train.demo"):
+        assert main(["demo", "--out", str(tmp_path), "--iters", "2"]) == 0
+    assert "previous demo run's checkpoints" in caplog.text
+    assert [p.name for p in sorted((tmp_path / "run" / "checkpoints").glob("iter_*.pt"))] == ["iter_0000002.pt"]
     iters = [json.loads(line)["iter"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert iters == sorted(iters) and max(iters) == 2
     assert (tmp_path / "run" / "log.previous.jsonl").read_text().count("\n") >= 1

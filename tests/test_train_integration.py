@@ -111,7 +111,7 @@ def test_config_sets_the_periodic_evaluation_protocol(tmp_path):
     root = tiny_data(tmp_path / "data", train=2, val=1, size=32)
     config = tiny_config(root, tmp_path / "out", eval_mode="slide", eval_crop=[16, 24], eval_stride=8, eval_tta=True)
     trainer = Trainer(config, model=semask.create_model("test_semask_swin_fpn", num_classes=5), progress=False)
-    assert trainer.eval_protocol == EvalProtocol(mode="slide", crop=[16, 24], stride=8, scales=MS_RATIOS, flip=True)
+    assert trainer.eval_protocol == EvalProtocol(mode="slide", crop=(16, 24), stride=8, scales=MS_RATIOS, flip=True)
     with pytest.raises(ValueError, match="whole.*slide"):
         Trainer(tiny_config(root, tmp_path / "bad", eval_mode="tiles"), progress=False)
 

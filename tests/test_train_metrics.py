@@ -72,3 +72,12 @@ def test_poly_schedule_with_linear_warmup_matches_mmcv():
     assert lrs == pytest.approx([mmcv(i) for i in range(100)], rel=1e-9, abs=1e-15)
     assert lrs[0] == pytest.approx(1e-10) and lrs[10] == pytest.approx(9e-5)
     assert PolyWarmup(10, warmup_iters=0)(10) == 0.0
+
+
+def test_metrics_json_is_strict_json():
+    import json
+
+    from semask.train.metrics import metrics_json
+
+    text = metrics_json({"mIoU": 0.5, "IoU": {"a": float("nan"), "b": 1.0}, "per": [float("nan")]})
+    assert "NaN" not in text and json.loads(text) == {"mIoU": 0.5, "IoU": {"a": None, "b": 1.0}, "per": [None]}

@@ -55,6 +55,28 @@ def test_run_writes_logs_curves_checkpoints_and_weights(reference):
     assert json.loads((out / "final" / "config.json").read_text())["num_classes"] == 5
 
 
+def test_final_weights_predict_as_evaluated(reference, data_root, tmp_path):
+    """out_dir/final records the classes and preprocessing of the run: `semask segment --model local-dir:...`
+    writes exactly the labels the evaluation scored (the run's test scale, mean/std, class table)."""
+    import numpy as np
+    from PIL import Image
+
+    from semask.infer import Predictor
+    from semask.train.evaluate import eval_predictor
+
+    out, trainer, _ = reference
+    d = trainer.cfg.data
+    p = Predictor(f"local-dir:{out / 'final'}")
+    assert p.classes.names == trainer.train_set.classes and p.test_scale is None and p.classes.label_offset == 0
+    image = trainer.val_set.load(0)["image"]
+    scored = eval_predictor(trainer.module, test_scale=d.test_scale, crop_size=d.crop_size, mean=d.mean, std=d.std,
+                            classes=trainer.val_set.class_info)(image)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    assert main(["segment", str(tmp_path / "img.png"), "--model", f"local-dir:{out / 'final'}",
+                 "--out", str(tmp_path / "seg")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "seg" / "img.png")), scored.labels)
+
+
 class _Crash(RuntimeError):
     pass
 
@@ -215,3 +237,79 @@ def test_cli_train_then_eval(data_root, tmp_path, capsys):
     assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(tmp_path / "run" / "final")]) == 0
     assert main(["train", "--config", str(cfg_file), "data.root=" + str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_fresh_run_refuses_an_earlier_runs_checkpoints(data_root, reference, tmp_path, capsys, caplog):
+    """resume=null beside another run's iter_*.pt: keep_last would prune the new run's checkpoints (they sort below
+    the old ones) and a later resume=auto would continue the old run, so it is refused, naming both fixes."""
+    ref_out, _, _ = reference
+    before = list_checkpoints(ref_out / "checkpoints")
+    with pytest.raises(ValueError, match=r"checkpoints.* earlier run .*iteration 6.*resume=auto.*another out_dir"):
+        Trainer(tiny_config(data_root, ref_out, resume=None), progress=False)
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps(tiny_config(data_root, ref_out).to_dict()))
+    assert main(["train", "--config", str(cfg_file), "resume=null"]) == 2  # the CLI reports it
+    assert str(ref_out / "checkpoints") in capsys.readouterr().err
+    assert list_checkpoints(ref_out / "checkpoints") == before  # nothing deleted
+    # no checkpoints (only an earlier log): a fresh run starts its own log, the earlier one kept aside
+    (tmp_path / "log.jsonl").write_text('{"iter": 1, "loss": 1.0}\n')
+    with caplog.at_level("WARNING", logger="semask.train.trainer"):
+        Trainer(tiny_config(data_root, tmp_path, resume=None), progress=False)
+    assert "a fresh run" in caplog.text and (tmp_path / "log.previous.jsonl").is_file()
+
+
+def test_resume_follows_the_current_configs_schedule(data_root, tmp_path, caplog):
+    """Raising iters on resume trains the extra iterations on the new schedule (not at lr 0, as the checkpoint's
+    PolyWarmup would give); a changed lr wins with a warning naming both values."""
+    from semask.train.optim import build_optimizer, build_scheduler
+
+    Trainer(tiny_config(data_root, tmp_path, iters=2, eval_interval=100), progress=False).fit()
+    with caplog.at_level("WARNING", logger="semask.train.trainer"):
+        changed = Trainer(tiny_config(data_root, tmp_path, iters=4, lr=2e-3), progress=False)
+    assert "lr=0.001" in caplog.text and "lr=0.002" in caplog.text
+    assert changed.optimizer.param_groups[0]["lr"] == 2e-3 * changed.scheduler.lr_lambdas[0](2)
+    longer = Trainer(tiny_config(data_root, tmp_path, iters=4, eval_interval=100), progress=False)
+    longer.fit()
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = {r["iter"]: r["lr"] for r in recs if "lr" in r}
+    fresh = build_scheduler(build_optimizer(torch.nn.Linear(1, 1), lr=1e-3, weight_decay=0.01), 4, warmup_iters=2)
+    expected = []
+    for _ in range(4):
+        expected.append(fresh.get_last_lr()[0])  # the lr iteration i trains with, as the trainer logs it
+        fresh.optimizer.step()
+        fresh.step()
+    assert [lrs[3], lrs[4]] == expected[2:] and lrs[3] > lrs[4] > 0  # iterations 1, 2 had the 2-iter schedule
+
+
+def test_fit_of_a_finished_run_returns_its_last_evaluation(data_root, tmp_path, caplog):
+    """Trainer(config).fit() run twice: the second trains nothing, says so, and returns the same metrics dict (the
+    checkpoint keeps it); a checkpoint without it (an older one) is evaluated once."""
+    cfg = dict(iters=2, eval_interval=2, ckpt_interval=2)
+    first = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False).fit()
+    with caplog.at_level("WARNING", logger="semask.train.trainer"):
+        again = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False)
+        second = again.fit()
+    assert "already complete at iteration 2" in caplog.text and "raise iters=" in caplog.text
+    assert json.dumps(second, sort_keys=True) == json.dumps(first, sort_keys=True) and "mIoU" in second
+    assert again.iteration == 2 and [i for i, _ in _losses(tmp_path)] == [1, 2]  # nothing trained or logged
+    path = tmp_path / "checkpoints" / "iter_0000002.pt"
+    old = load_checkpoint(path)
+    del old["last_eval"]
+    atomic_save(old, path)
+    third = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False).fit()
+    assert json.dumps(third, sort_keys=True) == json.dumps(first, sort_keys=True)
+
+
+def test_resume_refuses_another_models_checkpoint(data_root, reference):
+    """An out_dir trained with another model (or other shapes): a ValueError naming both, not load_state_dict's
+    hundreds of "Unexpected key(s)" lines."""
+    ref_out, _, _ = reference
+    ckpt = str(ref_out / "checkpoints" / "iter_0000006.pt")
+    with pytest.raises(ValueError, match=r"iter_0000006\.pt is for another model: it was trained with model="
+                                         r"test_semask_swin_fpn, this run builds model=test_semask_swin_fpn_global "
+                                         r".*another out_dir.*resume=null") as err:
+        Trainer(tiny_config(data_root, ref_out, model="test_semask_swin_fpn_global"), progress=False)
+    assert len(str(err.value)) < 1500
+    wider = dict(tiny_config(data_root, ref_out).model_overrides, embed_dim=16)
+    with pytest.raises(ValueError, match=r"another model.*embed_dim': 16.*tensor\(s\) differ"):
+        Trainer(tiny_config(data_root, ref_out, model_overrides=wider, resume=ckpt), progress=False)

@@ -142,6 +142,30 @@ def test_cli_segment_keeps_every_output_and_skips_its_own(tmp_path, capsys):
     assert Image.open(out / "x.jpg.png").size == (5, 7) and Image.open(out / "x.png.png").size == (13, 9)
 
 
+def test_cli_segment_never_overwrites_inputs_or_its_own_outputs(tmp_path, capsys):
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((9, 13, 3), 100, np.uint8)).save(src / "a.png")
+    Image.fromarray(np.full((7, 5, 3), 30, np.uint8)).save(src / "a_overlay.png")  # a name an output would take
+    Image.fromarray(np.full((6, 8, 3), 60, np.uint8)).save(src / "sub" / "s.jpg")
+    before = (src / "a.png").read_bytes()
+    base = ["--model", "test_semask_swin_fpn", "--device", "cpu"]
+    # --out beside the input: the label map would replace the photo
+    assert cli_main(["segment", str(src / "a.png"), "--out", str(src), *base]) == 2
+    assert "would overwrite an input image" in capsys.readouterr().err and (src / "a.png").read_bytes() == before
+    # a.png's overlay and the label map of the input a_overlay.png would be one file: both keep their suffix
+    assert cli_main(["segment", str(src), "--out", str(tmp_path / "seg"), "--overlay", *base]) == 0
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
+        "a.png.png", "a.png_overlay.png", "a_overlay.png.png", "a_overlay.png_overlay.png", "sub"]
+    # --out a parent of the input folder: every image is still found (not mistaken for an earlier output)
+    assert cli_main(["segment", str(src / "sub"), "--out", str(src), *base, "--test-scale", "original",
+                     "--max-pixels", "0"]) == 0
+    assert "segmented 1/1" in capsys.readouterr().out and Image.open(src / "s.png").size == (8, 6)
+    assert (src / "a.png").read_bytes() == before
+    with pytest.raises(SystemExit):  # argparse: a malformed scale
+        cli_main(["segment", str(src), "--out", str(tmp_path / "o"), *base, "--test-scale", "512"])
+
+
 def test_quickstart_runs_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["quickstart.py", "--out", str(tmp_path)])
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")

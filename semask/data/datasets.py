@@ -4,7 +4,8 @@ A dataset is a list of (image, mask) file pairs plus a label mapping; `load(i)` 
 {"image": uint8 [H, W, 3] RGB, "label": uint8 [H, W] (class ids, 255 = ignore), "path": str}. Bad data raises a
 ValueError naming the file: unreadable images, masks that are not single-channel, image/mask size mismatches,
 label values outside [0, num_classes) other than 255; missing pairs and empty datasets are reported when the
-dataset is built, never skipped silently.
+dataset is built, never skipped silently. Images are read with their EXIF orientation applied (as at inference),
+masks as stored.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .palettes import ClassInfo, generate_palette, get_class_info
 
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+EXIF_ORIENTATION = 0x0112  # 1 = stored upright; 2-8 = flip / rotate when displayed
 # Cityscapes labelIds -> the 19 train ids (cityscapesScripts `labels.py`); every other id is ignored.
 _CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                          26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
@@ -40,10 +42,20 @@ def cityscapes_lut() -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An RGB uint8 [H, W, 3] array; a ValueError naming the file if it cannot be decoded."""
+    """An RGB uint8 [H, W, 3] array, EXIF orientation applied; a ValueError naming the file if it cannot be decoded.
+
+    The orientation is applied as `semask.infer.load_image` (and mmseg's cv2 reading) does, so a phone photo is
+    trained the way it is segmented; masks (`read_mask`) are read as stored, as in mmseg."""
+    return _read_image(path)[0]
+
+
+def _read_image(path: str | Path) -> tuple[np.ndarray, int]:
+    """`read_image` and the image's EXIF orientation tag (1 when untagged), for the size-mismatch error."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            upright = ImageOps.exif_transpose(im) if orientation != 1 else im  # untagged: no extra copy
+            return np.asarray(upright.convert("RGB")), orientation
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
@@ -106,13 +118,13 @@ class SegmentationDataset:
 
     def load(self, index: int) -> dict:
         image_path, mask_path = self.pairs[index]
-        sample = {"image": read_image(image_path), "path": str(image_path)}
+        image, orientation = _read_image(image_path)
+        sample = {"image": image, "path": str(image_path)}
         if mask_path is None:
             return sample
         raw = read_mask(mask_path)
-        if raw.shape != sample["image"].shape[:2]:
-            raise ValueError(f"size mismatch: image {image_path} is {sample['image'].shape[1]}x"
-                             f"{sample['image'].shape[0]} (WxH) but mask {mask_path} is {raw.shape[1]}x{raw.shape[0]}")
+        if raw.shape != image.shape[:2]:
+            raise ValueError(_size_mismatch(image_path, image.shape[:2], mask_path, raw.shape, orientation))
         label = self.lut[raw] if self.lut is not None else raw
         bad = (label != IGNORE_INDEX) & (label >= self.num_classes)
         if bad.any():
@@ -127,6 +139,17 @@ class SegmentationDataset:
         """Read every pair once (raises on the first bad file)."""
         for i in range(len(self)):
             self.load(i)
+
+
+def _size_mismatch(image_path: Path, image_hw: tuple[int, ...], mask_path: Path, mask_hw: tuple[int, ...],
+                   orientation: int) -> str:
+    """The size-mismatch message; it names EXIF when the image was rotated / flipped on reading."""
+    msg = (f"size mismatch: image {image_path} is {image_hw[1]}x{image_hw[0]} (WxH) but mask {mask_path} is "
+           f"{mask_hw[1]}x{mask_hw[0]}")
+    if orientation != 1:  # the mask may have been drawn on the stored (unrotated) pixels
+        msg += (f"; the image has EXIF orientation {orientation}, applied on reading (as at inference), so its size "
+                "is the displayed one: a mask drawn on the stored pixels must be rotated/flipped the same way")
+    return msg
 
 
 def match_pairs(images: Sequence[Path], masks: Sequence[Path], *, image_key, mask_key, name: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
@@ -125,6 +126,8 @@ def _convert(value: Any, hint: Any) -> Any:
     elif hint is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):  # a split named 2017
             return str(value)
+        if isinstance(value, os.PathLike):  # a config built in Python: out_dir=Path(...)
+            return os.fspath(value)
     elif origin is tuple and isinstance(value, (list, tuple)):
         variadic = len(args) == 2 and args[1] is Ellipsis
         if variadic or len(value) == len(args):
@@ -145,20 +148,46 @@ def _build(cls: type, values: dict, where: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         if name == "data":
-            kwargs[name] = value if isinstance(value, DataConfig) else _build(DataConfig, value or {}, "data")
+            kwargs[name] = _data_section(value)
             continue
-        key = name if where == "config" else f"{where}.{name}"
-        try:
-            kwargs[name] = _convert(value, hints[name])
-        except TypeError:
-            default = names[name].default
-            example = "" if default in (None, dataclasses.MISSING) else \
-                f" (e.g. {key}={json.dumps(default, default=list).replace(' ', '')})"
-            raise ValueError(f"config key {key} must be {_describe(hints[name])}, got {value!r}{example}") from None
+        kwargs[name] = _convert_key(names[name], hints[name], value, where)
     return cls(**kwargs)
 
 
-# Range and choice rules checked by `validate_config` (the types are checked when a config is read).
+def _convert_key(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
+    """`value` of field `f` converted to its type; a ValueError naming the key, the value and an example."""
+    key = f.name if where == "config" else f"{where}.{f.name}"
+    try:
+        return _convert(value, hint)
+    except TypeError:
+        example = "" if f.default in (None, dataclasses.MISSING) else \
+            f" (e.g. {key}={json.dumps(f.default, default=list).replace(' ', '')})"
+        raise ValueError(f"config key {key} must be {_describe(hint)}, got {value!r}{example}") from None
+
+
+def _data_section(value: Any) -> DataConfig:
+    """The `data` section: a DataConfig as is, a mapping (or None: the defaults) built into one."""
+    if isinstance(value, DataConfig):
+        return value
+    if value is None or isinstance(value, dict):
+        return _build(DataConfig, value or {}, "data")
+    raise ValueError(f"config key data must be a mapping of data keys (or a DataConfig), got {value!r}")
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """Type-check every field of a dataclass config built in Python and normalise it in place as `_build` would
+    (lists to tuples, ints to floats, ...); the same errors as a file or override with that value."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "data":
+            setattr(obj, f.name, _data_section(value))
+            _check_types(obj.data, "data")
+        else:
+            setattr(obj, f.name, _convert_key(f, hints[f.name], value, where))
+
+
+# Range and choice rules checked by `validate_config` (after the types).
 _AT_LEAST = {"iters": 1, "batch_size": 1, "accum_steps": 1, "eval_interval": 1, "ckpt_interval": 1,
              "log_interval": 1, "keep_last": 1, "warmup_iters": 0, "data.num_workers": 0}
 _CHOICES = {"amp": ("no", "bf16", "fp16"), "loss_reduction": ("all", "valid"), "eval_mode": ("whole", "slide"),
@@ -166,7 +195,10 @@ _CHOICES = {"amp": ("no", "bf16", "fp16"), "loss_reduction": ("all", "valid"), "
 
 
 def validate_config(config: TrainConfig) -> None:
-    """Range and choice checks; a ValueError names the key and the accepted values."""
+    """Type (normalising `config` in place, as when read from a file), range and choice checks; a ValueError
+    names the key, the value and the accepted values."""
+    _check_types(config, "config")
+
     def get(key: str) -> Any:
         obj = config
         for part in key.split("."):
@@ -181,9 +213,28 @@ def validate_config(config: TrainConfig) -> None:
             raise ValueError(f"config key {key} must be one of {list(choices)}, got {get(key)!r}")
     if config.lr <= 0:
         raise ValueError(f"config key lr must be > 0, got {config.lr!r}")
-    for key in ("data.crop_size", "data.scale"):
-        if min(get(key)) < 1:
+    for key in ("data.crop_size", "data.scale", "data.test_scale"):
+        if get(key) is not None and min(get(key)) < 1:
             raise ValueError(f"config key {key} must be positive sizes, got {list(get(key))}")
+    _validate_augmentation(config.data)
+
+
+def _validate_augmentation(d: DataConfig) -> None:
+    """Values the data pipeline would only trip over at the first batch (or train with into a NaN loss)."""
+    for key, value in (("data.flip", d.flip), ("data.cat_max_ratio", d.cat_max_ratio)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"config key {key} must be in [0, 1], got {value!r}")
+    if d.ratios is not None and any(r <= 0 for r in d.ratios):
+        raise ValueError(f"config key data.ratios must be positive, got {list(d.ratios)} "
+                         "(e.g. data.ratios=[0.5,1.0,2.0])")
+    if d.ratio_range is not None:
+        low, high = d.ratio_range
+        if not 0 < low <= high:
+            raise ValueError(f"config key data.ratio_range must be [low, high] with 0 < low <= high, got "
+                             f"{list(d.ratio_range)} (e.g. data.ratio_range=[0.5,2.0])")
+    if any(s <= 0 for s in d.std):  # images are divided by it: 0 gives inf / NaN inputs and a NaN loss
+        raise ValueError(f"config key data.std must be positive, got {list(d.std)} (ImageNet: "
+                         f"data.std={json.dumps(list(IMAGENET_STD)).replace(' ', '')})")
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -4,6 +4,8 @@ images, and write overlays, prior-map grids and curves — the whole trainer in 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from .config import DataConfig, TrainConfig
 from .evaluate import eval_predictor
 from .metrics import format_table
 from .plots import comparison_strip
+
+_log = logging.getLogger(__name__)
 
 # A small SeMask-Swin (4 stages, 1 block each, windows of 4 tokens): ~1.6M parameters, trains in minutes on 2 cores.
 DEMO_MODEL = "test_semask_swin_fpn"
@@ -66,6 +70,7 @@ def _run_demo(out: Path, *, iters: int, train_images: int, val_images: int, imag
     torch.manual_seed(seed)
     write_synthetic_dataset(out / "data", train=train_images, val=val_images, size=image_size, seed=seed)
     cfg = demo_config(out, iters=iters, image_size=image_size, seed=seed)
+    _clear_previous_checkpoints(Path(cfg.out_dir) / "checkpoints")
     trainer = Trainer(cfg, progress=progress)
     metrics = trainer.fit()
     overlays = _write_pictures(trainer.module, folder(out / "data", "val"), out / "pictures", cfg)
@@ -76,6 +81,14 @@ def _run_demo(out: Path, *, iters: int, train_images: int, val_images: int, imag
     (out / "metrics.txt").write_text(format_table(metrics) + "\n", encoding="utf-8")
     return {"metrics": metrics, "seconds": seconds, "out_dir": out, "pictures": out / "pictures",
             "overlays": overlays, "curves": out / "run" / "curves.png", "weights": out / "run" / "final"}
+
+
+def _clear_previous_checkpoints(folder_path: Path) -> None:
+    """The demo owns out/run and starts afresh each time (resume=None): an earlier demo's checkpoints go, as the
+    trainer refuses a fresh run beside another run's checkpoints (its log is kept as log.previous.jsonl)."""
+    if folder_path.is_dir():
+        _log.info("demo: deleting the previous demo run's checkpoints in %s (each demo trains afresh)", folder_path)
+        shutil.rmtree(folder_path)
 
 
 def _write_pictures(model: torch.nn.Module, dataset: SegmentationDataset, folder_out: Path, cfg: TrainConfig,

@@ -7,7 +7,10 @@ with no labelled pixels has Acc NaN, skipped by mAcc. A class predicted but abse
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,3 +71,18 @@ def format_table(metrics: dict) -> str:
 
 def _pct(x: float) -> str:
     return "   nan" if x != x else f"{100 * x:6.2f}"
+
+
+def metrics_json(metrics: dict) -> str:
+    """Metrics as strict JSON: NaN (a class absent from both truth and prediction) becomes null, which jq and
+    JavaScript parse (they reject the NaN token Python writes by default)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(metrics), indent=2, allow_nan=False) + "\n"

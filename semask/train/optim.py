@@ -54,3 +54,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int, *, power
     """Stepped once per iteration (after the optimiser step)."""
     fn = PolyWarmup(total_iters, power=power, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def reschedule(scheduler: torch.optim.lr_scheduler.LambdaLR, fn: PolyWarmup, base_lr: float
+               ) -> dict[str, tuple[float, float]]:
+    """Make a restored scheduler follow `fn` and `base_lr` from its restored iteration (mmseg's resume: the
+    current config's schedule, not the checkpoint's); returns the settings that changed, {name: (old, new)}.
+
+    LambdaLR's `load_state_dict` restores the checkpoint's PolyWarmup (total_iters, warmup, power) into the lambda,
+    so without this a resume with a larger `iters` trains its extra iterations at lr 0. The lr is recomputed with
+    LambdaLR's own formula, so an unchanged schedule resumes bit-exactly."""
+    old = dict(vars(scheduler.lr_lambdas[0]), lr=scheduler.base_lrs[0])
+    changed = {k: (old.get(k), v) for k, v in dict(vars(fn), lr=base_lr).items() if old.get(k) != v}
+    groups = scheduler.optimizer.param_groups
+    scheduler.lr_lambdas = [fn] * len(groups)
+    scheduler.base_lrs = [base_lr] * len(groups)
+    for group in groups:
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
+    return changed

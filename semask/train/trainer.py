@@ -36,17 +36,29 @@ from ..data import (
 )
 from ..devices import resolve_device
 from ..infer import aug_test
-from .checkpoint import atomic_save, list_checkpoints, load_checkpoint, prune, rng_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    list_checkpoints,
+    load_checkpoint,
+    prune,
+    rng_state,
+    set_rng_state,
+    state_dict_differences,
+)
 from .config import TrainConfig, validate_config
 from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
 from .metrics import format_table
-from .optim import build_optimizer, build_scheduler
+from .optim import PolyWarmup, build_optimizer, build_scheduler, reschedule
 from .plots import plot_curves
 
 _log = logging.getLogger(__name__)
 AMP_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NO_RESUME = (None, "", "no", "none", False)  # config.resume values that start a fresh run
+# PolyWarmup attribute -> the config key that sets it (resume messages name what the user can change)
+_SCHEDULE_KEYS = {"total_iters": "iters", "power": "poly_power", "warmup_iters": "warmup_iters",
+                  "warmup_ratio": "warmup_ratio", "lr": "lr"}
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -139,6 +151,7 @@ class Trainer:
         self.iteration = 0
         self.best_miou = float("-inf")
         self.records: list[dict] = []
+        self.last_eval: dict = {}  # {"iter", "metrics"} of the run's latest evaluation (kept in checkpoints)
         self._stop = False
         self._resume()
 
@@ -157,6 +170,11 @@ class Trainer:
         return create_model(c.model, pretrained=c.pretrained or False, num_classes=self.train_set.num_classes,
                             **kwargs)
 
+    def _schedule(self) -> PolyWarmup:
+        """The config's lr factor per iteration (poly decay after a linear warmup)."""
+        c = self.cfg
+        return PolyWarmup(c.iters, power=c.poly_power, warmup_iters=c.warmup_iters, warmup_ratio=c.warmup_ratio)
+
     # ---- checkpoints ----
     def state_dict(self) -> dict:
         rng = [rng_state()]
@@ -166,7 +184,8 @@ class Trainer:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "best_miou": self.best_miou, "rng": rng, "world_size": self.world,
-                "config": json.loads(json.dumps(self.cfg.to_dict(), default=list)), "records": self.records}
+                "config": json.loads(json.dumps(self.cfg.to_dict(), default=list)), "records": self.records,
+                "last_eval": self.last_eval}
 
     def save_checkpoint(self, *, best: bool = False) -> Path | None:
         state = self.state_dict()  # collective: every process takes part
@@ -181,10 +200,13 @@ class Trainer:
         self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._follow_config_schedule()
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
         self.best_miou = float(ckpt["best_miou"])
         self.records = [r for r in ckpt.get("records", []) if r["iter"] <= self.iteration]
+        last = ckpt.get("last_eval") or {}  # absent from checkpoints written before it was kept
+        self.last_eval = last if last.get("iter", self.iteration + 1) <= self.iteration else {}
         rngs = ckpt["rng"]
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank])
@@ -192,19 +214,61 @@ class Trainer:
             _log.warning("checkpoint from %d process(es), resuming on %d: RNG streams (dropout, drop path) differ",
                          len(rngs), self.world)
 
+    def _follow_config_schedule(self) -> None:
+        """After the scheduler's state is restored: its iteration, the current config's schedule and lr (mmseg's
+        resume), so `iters=` can be raised to train longer. A changed lr is a warning (the config's wins)."""
+        changed = reschedule(self.scheduler, self._schedule(), self.cfg.lr)
+        if self.rank != 0 or not changed:
+            return
+        if "lr" in changed:
+            old, new = changed.pop("lr")
+            _log.warning("the checkpoint was trained with lr=%g but the config says lr=%g: continuing with the "
+                         "config's lr=%g (set lr=%g to keep the checkpoint's)", old, new, new, old)
+        if changed:
+            _log.info("resuming with the config's schedule: %s", ", ".join(
+                f"{_SCHEDULE_KEYS.get(k, k)} {old} -> {new}" for k, (old, new) in changed.items()))
+
     def _resume(self) -> None:
         resume = self.cfg.resume
-        if resume in (None, "", "no", "none", False):
+        found = list_checkpoints(self.ckpt_dir)
+        if resume in NO_RESUME:
+            if found:  # a fresh run beside them: keep_last would prune the new run's checkpoints, auto would resume old
+                raise ValueError(self._earlier_run_message(*found[-1]))
             return self._start_log()
         if resume == "auto":
-            found = list_checkpoints(self.ckpt_dir)
             if not found:
                 return self._start_log()
             resume = found[-1][1]
-        self.load_state_dict(load_checkpoint(resume))
+        ckpt = load_checkpoint(resume)
+        self._check_same_model(ckpt, Path(resume))
+        self.load_state_dict(ckpt)
         if self.rank == 0:
             self._rewrite_log()
             _log.info("resumed from %s at iteration %d", resume, self.iteration)
+
+    def _earlier_run_message(self, iteration: int, path: Path) -> str:
+        return (f"{self.ckpt_dir} holds checkpoints of an earlier run (the latest: {path.name}, iteration "
+                f"{iteration}) but resume={self.cfg.resume or 'null'} starts a fresh run, whose checkpoints would be "
+                f"mixed with (and pruned among) those: set resume=auto to continue that run, or start afresh in "
+                f"another out_dir (or delete {self.ckpt_dir})")
+
+    def _check_same_model(self, ckpt: dict, path: Path) -> None:
+        """Refuse a checkpoint of another architecture or with other tensor shapes (an out_dir trained with another
+        model), with both models named, instead of load_state_dict's hundreds of "Unexpected key(s)" lines."""
+        saved = ckpt.get("config") or {}
+        diffs = state_dict_differences(self.module.state_dict(), ckpt["model"])
+        saved_arch = str(saved.get("model", self.cfg.model)).partition(".")[0]
+        if not diffs and saved_arch == self.cfg.model.partition(".")[0]:
+            return
+        ours = json.loads(json.dumps(self.cfg.model_overrides, default=list))  # tuples as the checkpoint's lists
+        theirs = saved.get("model_overrides") or {}
+        both = ours != theirs  # name the overrides only where they differ
+        detail = (f"{len(diffs)} tensor(s) differ, e.g. {'; '.join(diffs[:3])}" if diffs else
+                  "the tensors match but the architectures differ")
+        raise ValueError(f"checkpoint {path} is for another model: it was trained with "
+                         f"{_describe_model(saved.get('model', '?'), theirs if both else {})}, this run builds "
+                         f"{_describe_model(self.cfg.model, ours if both else {})} ({detail}). Train this model in "
+                         f"another out_dir, or move {path.parent} away and start afresh with resume=null")
 
     # ---- logging ----
     def _start_log(self) -> None:
@@ -289,11 +353,48 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def fit(self) -> dict:
-        """Train to `config.iters` (or until stopped); returns the last evaluation's metrics ({} without val)."""
+        """Train to `config.iters` (or until stopped). Returns the run's latest evaluation (`evaluate()`'s dict:
+        this call's, or after a resume the checkpoint's), {} if there was none (no validation data, or stopped before
+        the first). A run already at `iters` trains nothing: it says so and returns its last evaluation (evaluating
+        once if the checkpoint holds none)."""
+        if self.iteration >= self.cfg.iters:
+            return self._already_complete()
+        self._train()
+        if self.rank == 0:
+            if not self._stop:
+                self._save_final()
+            plot_curves(self.records, self.out_dir / "curves.png")
+        return self.last_eval.get("metrics", {})
+
+    def _already_complete(self) -> dict:
+        """`fit()` of a finished run (e.g. the same script run twice): no training, the last evaluation."""
+        if self.rank == 0:
+            _log.warning("%s: the run is already complete at iteration %d (iters=%d); nothing to train, returning "
+                         "its last evaluation (raise iters= to continue it)", self.out_dir, self.iteration,
+                         self.cfg.iters)
+        if not self.last_eval and self.val_set is not None:
+            self.last_eval = {"iter": self.iteration, "metrics": self.evaluate()}
+            self._set_train_mode()
+        if self.rank == 0 and not (self.out_dir / "final" / "model.safetensors").is_file():
+            self._save_final()  # e.g. a crash after the last checkpoint, before the final weights
+        return self.last_eval.get("metrics", {})
+
+    def _save_final(self) -> None:
+        """`out_dir/final`: the weights, with the classes and preprocessing they were trained with, so that
+        `semask segment --model local-dir:out_dir/final` predicts as `semask eval` scores."""
+        from ..hub import save_pretrained, training_pretrained_cfg
+
+        d = self.cfg.data
+        self.module.pretrained_cfg = training_pretrained_cfg(
+            self.train_set.class_info, mean=d.mean, std=d.std, test_scale=d.test_scale, crop_size=d.crop_size,
+            dataset=d.type if d.type != "folder" else None)
+        save_pretrained(self.module, self.out_dir / "final")
+
+    def _train(self) -> None:
+        """The training loop, from `self.iteration` to `config.iters` or a stop request."""
         c = self.cfg
         restore = self._install_sigint()
         bar = _progress(c.iters, self.iteration, enabled=self.progress)
-        metrics: dict = {}
         accum, micro, sums = c.accum_steps, 0, {}
         batch_index = self.iteration * accum  # micro-batches consumed so far
         t0 = time.perf_counter()
@@ -323,8 +424,7 @@ class Trainer:
                     stop = self._should_stop()
                     due = self.iteration % c.eval_interval == 0 or self.iteration == c.iters
                     if self.val_set is not None and due:
-                        metrics = self.evaluate()
-                        self._after_eval(metrics)
+                        self._after_eval(self.evaluate())
                     if self.iteration % c.ckpt_interval == 0 or self.iteration == c.iters or stop:
                         self.save_checkpoint()
                     if stop:
@@ -338,13 +438,6 @@ class Trainer:
         finally:
             bar.close()
             restore()
-        if self.rank == 0:
-            if not self._stop:
-                from ..hub import save_pretrained
-
-                save_pretrained(self.module, self.out_dir / "final")
-            plot_curves(self.records, self.out_dir / "curves.png")
-        return metrics
 
     def evaluate(self, dataset: SegmentationDataset | None = None, *, protocol: EvalProtocol | None = None) -> dict:
         """Metrics over `dataset` (default: the validation set) through the Predictor (`protocol`, default the
@@ -356,6 +449,7 @@ class Trainer:
                          rank=self.rank, amp_dtype=self.amp_dtype)
 
     def _after_eval(self, metrics: dict) -> None:
+        self.last_eval = {"iter": self.iteration, "metrics": metrics}  # before the checkpoints below save it
         self._record({"iter": self.iteration, "mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"],
                       "mAcc": metrics["mAcc"]})
         if self.rank == 0:
@@ -381,6 +475,11 @@ class Trainer:
 
         signal.signal(signal.SIGINT, handler)
         return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _describe_model(name: str, overrides: dict) -> str:
+    """'model=NAME' plus `overrides`, if any (resume errors name both models this way)."""
+    return f"model={name}" + (f" with model_overrides={overrides}" if overrides else "")
 
 
 def _progress(total: int, initial: int, *, enabled: bool):
