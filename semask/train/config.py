@@ -140,18 +140,12 @@ def _convert(value: Any, hint: Any) -> Any:
 
 
 def _build(cls: type, values: dict, where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
+    """`cls(**values)` after the key check; the values' types are checked by `validate_config` (`_check_types`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {where} key(s) {unknown}; valid: {sorted(names)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        if name == "data":
-            kwargs[name] = _data_section(value)
-            continue
-        kwargs[name] = _convert_key(names[name], hints[name], value, where)
-    return cls(**kwargs)
+    return cls(**{k: _data_section(v) if k == "data" else v for k, v in values.items()})
 
 
 def _convert_key(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
