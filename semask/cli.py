@@ -94,12 +94,17 @@ def _size(text: str) -> list[int]:
 
 def _test_scale(text: str) -> tuple[int, int] | str:
     """argparse type for `--test-scale LONG,SHORT|original`."""
+    from .train.evaluate import parse_size  # the one size parser
+
     if text == "original":
         return text
-    parts = text.replace("x", ",").split(",")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    try:
+        scale = parse_size(text.lower())
+    except ValueError:
+        scale = None
+    if not isinstance(scale, tuple):
         raise argparse.ArgumentTypeError(f"expected LONG,SHORT (e.g. 2048,512) or 'original', got {text!r}")
-    return int(parts[0]), int(parts[1])
+    return scale
 
 
 def _positive_int(text: str) -> int:

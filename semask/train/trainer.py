@@ -50,7 +50,7 @@ from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
 from .metrics import format_table
-from .optim import PolyWarmup, build_optimizer, build_scheduler, reschedule
+from .optim import PolyWarmup, build_optimizer, reschedule
 from .plots import plot_curves
 
 _log = logging.getLogger(__name__)
@@ -136,8 +136,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.optimizer = build_optimizer(self.module, lr=c.lr, weight_decay=c.weight_decay, betas=tuple(c.betas))
-        self.scheduler = build_scheduler(self.optimizer, c.iters, power=c.poly_power, warmup_iters=c.warmup_iters,
-                                         warmup_ratio=c.warmup_ratio)
+        # what build_scheduler builds, from the one config -> PolyWarmup mapping (a resume re-applies it)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule())
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16")
         self.criterion, self.full_res_outputs = _criterion(self.module, c)
         self.train_view = TransformedDataset(self.train_set, train_transforms(
