@@ -31,10 +31,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         model = build_model(get_config(args.model))
     n = sum(p.numel() for p in model.parameters())
     info = {"name": args.model, "params": n, "config": model.config.to_dict()}
-    if args.flops:
+    if args.flops or args.size is not None:  # a size is only used to count: asking for one asks for the count
         from .flops import count_macs
 
-        h, w = args.size
+        h, w = args.size or (512, 512)
         macs = count_macs(model, (h, w))
         info.update(input_size=[h, w], gmacs=round(macs["total"] / 1e9, 3), gmacs_mmcv=round(macs["mmcv"] / 1e9, 3),
                     gmacs_by_op={k: round(v / 1e9, 3) for k, v in macs.items() if k not in ("total", "mmcv")})
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="parameters and config of a model")
     p.add_argument("model", help="arch, arch.tag or local-dir:FOLDER")
     p.add_argument("--flops", action="store_true", help="count multiply-accumulates (torch.utils.flop_counter)")
-    p.add_argument("--size", type=_size, default=[512, 512], help="input size for --flops: N or HxW (512)")
+    p.add_argument("--size", type=_size, help="input size for --flops (implies it): N or HxW (512)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("export", help="export to ONNX or a torch.export program (dynamic H/W)")

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,16 @@ def structure_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     if shapes[0] != shapes[1]:
         return bad + (["semantic layers"] if a.semantic != b.semantic else [])
     return ["nheads"] if "nheads" in bad and a.decoder not in ("fpn", "segformer") else []
+
+
+def state_dict_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps `found` (a checkpoint's model) from loading into a model whose state dict is `expected`: missing
+    and unexpected keys, and shape mismatches, one line each (empty: compatible)."""
+    missing = [f"missing {k}" for k in expected if k not in found]
+    unexpected = [f"unexpected {k}" for k in found if k not in expected]
+    shapes = [f"{k} {tuple(found[k].shape)} instead of {tuple(v.shape)}" for k, v in expected.items()
+              if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    return missing + unexpected + shapes
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,6 +106,14 @@ def _with_pretrained_cfg(model: Segmentor, extra: dict[str, Any] | None, saved: 
     if extra and model.config.num_classes == saved.num_classes:
         model.pretrained_cfg = extra
     return model
+
+
+def _is_semask_weights(path: Path) -> bool:
+    """A semask folder or safetensors file (told by its bytes, not its name: a renamed .pth is an original
+    checkpoint), as opposed to an original checkpoint converted on load."""
+    from .convert.formats import sniff_format
+
+    return path.is_dir() or (path.is_file() and sniff_format(path) == "safetensors")
 
 
 def _read_local(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig | None, dict[str, Any] | None]:
@@ -266,10 +285,18 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
     if not path.exists():
         raise FileNotFoundError(f"pretrained={str(source)!r} does not exist; pass True, a semask folder or "
                                 "safetensors file, or an original .pth checkpoint")
-    extra = None
-    if path.is_dir() or path.suffix == ".safetensors":
-        state, saved, extra = _read_local(path)
-    else:  # an original checkpoint, converted on the fly with the tag's quirk fields
+    state, saved, extra = _read_local(path) if _is_semask_weights(path) else (None, None, None)
+    if state is not None and saved is None:  # a bare safetensors file: our tensors, or an original state dict
+        with torch.device("meta"):
+            ours = build_model(config).state_dict()
+        if set(state) == set(ours) and (bad := state_dict_differences(ours, state)):
+            raise ValueError(f"weights in {source} do not fit {name!r} ({len(bad)} tensor(s) differ, e.g. "
+                             f"{'; '.join(bad[:2])}): name the architecture they were saved from, or save them with "
+                             "semask.save_pretrained (it writes config.json beside them)")
+        if set(state) != set(ours):
+            state = None  # not our names: convert it as an original checkpoint (which fails on unmapped keys)
+    converted = state is None
+    if converted:  # an original checkpoint, converted on the fly with the tag's quirk fields
         from .convert import load_original
 
         # a tag pins every hidden field; an arch name its heads (the layout follows the original's rule)
@@ -280,7 +307,7 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
         bad = structure_differences(saved, config)
         if bad:
             raise ValueError(f"weights in {source} are for a different architecture than {name!r} "
-                             f"(differs in {bad}); load them with {_matching_call(path)}")
+                             f"(differs in {bad}); load them with {_matching_call(path, converted)}")
         # The windowed/global layout is not in the weights: never switch it silently under a name that pins another.
         quirks = {k: getattr(saved, k) for k in ("semantic_attention", "sem_window_size")
                   if k not in overrides and getattr(saved, k) != getattr(config, k)}
@@ -302,16 +329,21 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
 
 def read_local_config(path: str | Path) -> ModelConfig:
     """The architecture a semask folder's `config.json` describes (no weights read)."""
-    cfg_path = Path(path) / CONFIG_NAME
+    return _read_config_json(_require_config(Path(path)))[0]
+
+
+def _require_config(folder: Path) -> Path:
+    cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path} has no {CONFIG_NAME}; a local-dir: model must be a folder written by "
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; a local-dir: model must be a folder written by "
                                 "`semask convert` or semask.save_pretrained")
-    return _read_config_json(cfg_path)[0]
+    return cfg_path
 
 
-def _matching_call(path: Path) -> str:
-    """The call that loads `path` with the architecture its weights were saved for."""
-    if path.is_dir() or path.suffix == ".safetensors":  # a semask folder: its config.json is the architecture
+def _matching_call(path: Path, converted: bool) -> str:
+    """The call that loads `path` (an original checkpoint if `converted`) with the architecture its weights were
+    saved for."""
+    if not converted:  # a semask folder: its config.json is the architecture
         return f"semask.create_model('{LOCAL_DIR}{path if path.is_dir() else path.parent}')"
     return f"semask.load_original({str(path)!r})"
 
@@ -320,8 +352,8 @@ def load_local_dir(path: str | Path, *, num_classes: int | None = None,
                    overrides: dict[str, Any] | None = None) -> Segmentor:
     """The model a semask folder (`config.json` + `model.safetensors`) describes, with its weights."""
     path = Path(path)
-    config = read_local_config(path)  # first: a clear error for a folder without config.json
-    state, _, extra = _read_local(path)
+    _require_config(path)  # first: a clear error for a folder without config.json
+    state, config, extra = _read_local(path)
     model = build_model(config.replace(**(overrides or {})))
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:

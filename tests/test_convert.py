@@ -401,3 +401,27 @@ def test_per_stage_semantic_block_counts_round_trip() -> None:
     with torch.no_grad():
         for key, value in model(x).items():
             torch.testing.assert_close(loaded(x)[key], value)
+
+
+def test_pretrained_files_are_read_by_content_not_name(tmp_path: Path) -> None:
+    """`pretrained=` tells files apart by their bytes and keys: a .pth renamed .safetensors and an original state
+    dict saved as safetensors are converted; our own tensors in a bare safetensors file (no config.json) load, and
+    with other shapes fail naming the tensors, not with load_state_dict's list."""
+    import shutil
+
+    original = FIXTURES / "semask_fpn_tiny_w7.pth"
+    ref = semask.load_original(original)
+    arch = dict(embed_dim=ref.config.embed_dim, decoder_channels=ref.config.decoder_channels,
+                num_classes=ref.config.num_classes)
+    shutil.copy(original, tmp_path / "renamed.safetensors")
+    save_file({k: v.contiguous() for k, v in read_checkpoint(original)["state_dict"].items()},
+              str(tmp_path / "original.safetensors"))
+    (tmp_path / "ours").mkdir()
+    save_file(ref.state_dict(), str(tmp_path / "ours" / "weights.pth"))  # safetensors bytes, a .pth name
+    for name in ("renamed.safetensors", "original.safetensors", "ours/weights.pth"):
+        got = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / name, **arch).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items()), name
+    with pytest.raises(ValueError, match=r"different architecture.*semask\.load_original\('.*original\.safetensors"):
+        semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "original.safetensors")
+    with pytest.raises(ValueError, match=r"do not fit .test_semask_swin_fpn. \(\d+ tensor\(s\) differ.*save_pre"):
+        semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "ours" / "weights.pth")

@@ -107,8 +107,12 @@ def test_cli_info_flops(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["input_size"] == [64, 96] and info["gmacs"] > 0
     assert math.isclose(sum(info["gmacs_by_op"].values()), info["gmacs"], rel_tol=1e-2)
-    assert main(["info", "test_semask_swin_fpn", "--flops", "--size", "64,96"]) == 0
+    assert main(["info", "test_semask_swin_fpn", "--size", "64,96"]) == 0  # a size asks for the count
     assert json.loads(capsys.readouterr().out)["input_size"] == [64, 96]
+    assert main(["info", "test_semask_swin_fpn", "--flops"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == [512, 512]
+    assert main(["info", "test_semask_swin_fpn"]) == 0
+    assert "gmacs" not in json.loads(capsys.readouterr().out)
     for bad in ("big", "0", "64x96x2"):
         with pytest.raises(SystemExit):
             main(["info", "test_semask_swin_fpn", "--flops", "--size", bad])

@@ -313,3 +313,20 @@ def test_resume_refuses_another_models_checkpoint(data_root, reference):
     wider = dict(tiny_config(data_root, ref_out).model_overrides, embed_dim=16)
     with pytest.raises(ValueError, match=r"another model.*embed_dim': 16.*tensor\(s\) differ"):
         Trainer(tiny_config(data_root, ref_out, model_overrides=wider, resume=ckpt), progress=False)
+
+
+def test_resume_from_an_older_checkpoint_refuses_to_mix_runs(data_root, reference, tmp_path):
+    """resume=PATH behind newer iter_*.pt in out_dir: the resumed run would overwrite and prune them, so it is
+    refused naming them and both fixes; with the newer files moved away it resumes from PATH."""
+    import shutil
+
+    ref_out, _, _ = reference
+    shutil.copytree(ref_out / "checkpoints", tmp_path / "checkpoints")
+    older = tmp_path / "checkpoints" / "iter_0000004.pt"
+    with pytest.raises(ValueError, match=r"iteration 4.*newer checkpoints \(iter_0000006\.pt\).*resume=auto"):
+        Trainer(tiny_config(data_root, tmp_path, resume=str(older)), progress=False)
+    assert [i for i, _ in list_checkpoints(tmp_path / "checkpoints")] == [4, 6]  # nothing deleted
+    assert Trainer(tiny_config(data_root, tmp_path, resume=str(tmp_path / "checkpoints" / "iter_0000006.pt")),
+                   progress=False).iteration == 6  # the newest itself is fine
+    (tmp_path / "checkpoints" / "iter_0000006.pt").rename(tmp_path / "iter_0000006.pt")
+    assert Trainer(tiny_config(data_root, tmp_path, resume=str(older)), progress=False).iteration == 4

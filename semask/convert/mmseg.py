@@ -46,8 +46,10 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     if allow_unsafe:
         _log.warning("loading %s with weights_only=False: this runs any code the file contains", path)
     try:
-        with _numpy_allowed() if not allow_unsafe else contextlib.nullcontext():
-            return torch.load(path, map_location="cpu", weights_only=not allow_unsafe)
+        # a file object, not the path: recent torch.load reads any *.safetensors path as safetensors, and this
+        # file's bytes say it is a torch.save file (e.g. a .pth renamed)
+        with _numpy_allowed() if not allow_unsafe else contextlib.nullcontext(), path.open("rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=not allow_unsafe)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
                          f"({type(err).__name__}: {str(err)[:200]}); download it again") from err

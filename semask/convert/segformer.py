@@ -21,6 +21,7 @@ import torch
 from ..config import ModelConfig
 from ..segmentor import Segmentor, build_model
 from .common import fail_on_unmapped
+from .formats import sniff_format
 
 _log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -123,7 +124,7 @@ def read_hf_checkpoint(source: str | Path, *, revision: str | None = None) -> St
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
             raise FileNotFoundError(f"{source!r} is neither a checkpoint file/folder nor a hub repo id ('org/name')")
         path = _download(str(source), revision)
-    if path.suffix == ".safetensors":
+    if sniff_format(path) == "safetensors":  # by content: a renamed file is read by what it is
         from safetensors.torch import load_file
 
         return load_file(str(path))

@@ -7,7 +7,6 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +70,6 @@ def prune(folder: str | Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` iter_*.pt files (best.pt is separate)."""
     for _, path in list_checkpoints(folder)[:-keep_last] if keep_last > 0 else []:
         path.unlink(missing_ok=True)
-
-
-def state_dict_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
-    """What keeps `found` (a checkpoint's model) from loading into a model whose state dict is `expected`: missing
-    and unexpected keys, and shape mismatches, one line each (empty: compatible)."""
-    missing = [f"missing {k}" for k in expected if k not in found]
-    unexpected = [f"unexpected {k}" for k in found if k not in expected]
-    shapes = [f"{k} {tuple(found[k].shape)} instead of {tuple(v.shape)}" for k, v in expected.items()
-              if k in found and tuple(found[k].shape) != tuple(v.shape)]
-    return missing + unexpected + shapes
 
 
 def rng_state() -> dict:

@@ -35,6 +35,7 @@ from ..data import (
     train_transforms,
 )
 from ..devices import resolve_device
+from ..hub import state_dict_differences
 from ..infer import aug_test
 from .checkpoint import (
     atomic_save,
@@ -43,7 +44,6 @@ from .checkpoint import (
     prune,
     rng_state,
     set_rng_state,
-    state_dict_differences,
 )
 from .config import TrainConfig, validate_config
 from .evaluate import EvalProtocol, evaluate
@@ -241,6 +241,7 @@ class Trainer:
             resume = found[-1][1]
         ckpt = load_checkpoint(resume)
         self._check_same_model(ckpt, Path(resume))
+        self._check_no_newer(int(ckpt["iteration"]), Path(resume), found)
         self.load_state_dict(ckpt)
         if self.rank == 0:
             self._rewrite_log()
@@ -251,6 +252,18 @@ class Trainer:
                 f"{iteration}) but resume={self.cfg.resume or 'null'} starts a fresh run, whose checkpoints would be "
                 f"mixed with (and pruned among) those: set resume=auto to continue that run, or start afresh in "
                 f"another out_dir (or delete {self.ckpt_dir})")
+
+    def _check_no_newer(self, iteration: int, path: Path, found: list[tuple[int, Path]]) -> None:
+        """An explicit resume=PATH behind the newest checkpoint of out_dir: the resumed run would write iter_*.pt
+        files among (and over) the newer ones, keep_last would prune them and a later resume=auto would pick
+        whichever is newest, so the two runs would mix. Refused; nothing is deleted."""
+        newer = [p for i, p in found if i > iteration and p.resolve() != path.resolve()]
+        if newer:
+            names = ", ".join(p.name for p in newer[:3]) + (f" and {len(newer) - 3} more" if len(newer) > 3 else "")
+            raise ValueError(f"resume={path} continues from iteration {iteration}, but {self.ckpt_dir} holds newer "
+                             f"checkpoints ({names}) that the resumed run would overwrite and prune among its own: "
+                             f"set resume=auto to continue from the newest ({newer[-1].name}), or move the newer "
+                             f"files out of {self.ckpt_dir} to restart from iteration {iteration}")
 
     def _check_same_model(self, ckpt: dict, path: Path) -> None:
         """Refuse a checkpoint of another architecture or with other tensor shapes (an out_dir trained with another
