@@ -16,8 +16,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.unpublished and not args.pretrained:
         raise ValueError("--unpublished narrows --pretrained: pass both")
     names = list_pretrained(args.pattern, include_unpublished=args.unpublished) if args.pretrained else \
-        list_models(args.pattern, include_tags=args.tags)
-    print("\n".join(names))
+        list_models(args.pattern, include_tags=args.tags or None)  # a pattern with "." lists tags
+    if names:
+        print("\n".join(names))
+    elif args.pretrained and not args.unpublished and list_pretrained(args.pattern, include_unpublished=True):
+        print(f"no published weights match {args.pattern!r}; --unpublished also lists the released originals "
+              "not converted on the hub yet", file=sys.stderr)
+    else:
+        print(f"nothing matches {args.pattern!r} (a glob, e.g. 'semask_swin_*' or 'semask_swin_tiny_fpn.*')",
+              file=sys.stderr)
     return 0
 
 
@@ -115,17 +122,14 @@ def _positive_int(text: str) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import load_original
-    from .hub import HIDDEN_FIELDS, save_pretrained, structure_differences
+    from .hub import convert_original, save_pretrained
     from .registry import get_config
 
-    overrides, cfg = {}, None
-    if args.model:  # the name pins the fields the weights cannot tell
-        cfg = get_config(args.model)
-        overrides = {k: getattr(cfg, k) for k in HIDDEN_FIELDS}
-    model = load_original(args.checkpoint, allow_unsafe=args.allow_unsafe, **overrides)
-    if cfg is not None and (bad := structure_differences(model.config, cfg)):
-        raise ValueError(f"{args.checkpoint} is not a {args.model} (its tensors differ in {bad}): drop --model, or "
-                         f"name the architecture it is ({model.config.arch})")
+    if args.model:  # the name pins the fields the weights cannot tell, and its tag's classes / preprocessing
+        model = convert_original(args.checkpoint, args.model, get_config(args.model), allow_unsafe=args.allow_unsafe,
+                                 pin_layout=True)
+    else:
+        model = load_original(args.checkpoint, allow_unsafe=args.allow_unsafe)
     path = save_pretrained(model, args.out_dir)
     print(f"converted {args.checkpoint} ({model.config.arch}, {model.config.num_classes} classes, semantic layers: "
           f"{model.config.semantic_attention}) -> {path}")
@@ -310,13 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters and config of a model")
-    p.add_argument("model", help="arch, arch.tag or local-dir:FOLDER")
+    p.add_argument("model", help="arch, arch.tag, local-dir:FOLDER or hf-hub:OWNER/REPO[@REV]")
     p.add_argument("--flops", action="store_true", help="count multiply-accumulates (torch.utils.flop_counter)")
     p.add_argument("--size", type=_size, help="input size for --flops (implies it): N or HxW (512)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("export", help="export to ONNX or a torch.export program (dynamic H/W)")
-    p.add_argument("model", help="arch, arch.tag or local-dir:FOLDER")
+    p.add_argument("model", help="arch, arch.tag, local-dir:FOLDER or hf-hub:OWNER/REPO[@REV]")
     p.add_argument("out", help="output file (.onnx or .pt2)")
     p.add_argument("--format", choices=("onnx", "torch"), help="default: from OUT's suffix (.onnx / .pt2), else onnx")
     p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl "
@@ -338,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment an image or a folder; write label PNGs (+ overlays, prior grids)")
     p.add_argument("input", help="an image file or a folder (searched recursively)")
     p.add_argument("--model", required=True, help="arch or arch.tag (a tag loads its published weights), or "
-                   "local-dir:FOLDER (a folder written by semask convert)")
+                   "local-dir:FOLDER (a folder written by semask convert), or hf-hub:OWNER/REPO[@REV] "
+                   "(a hub repo of one)")
     p.add_argument("--weights", help="semask folder / safetensors file, or an ORIGINAL .pth/.pkl checkpoint")
     p.add_argument("--out", required=True, help="output folder: NAME.png (label ids), NAME_overlay.png, ...")
     p.add_argument("--mode", choices=("whole", "slide"), default="whole")

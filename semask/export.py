@@ -87,8 +87,8 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
     from .infer import model_classes, model_preprocessing
 
     cfg = model.config
-    pre, dataset = model_preprocessing(model)
-    classes = model_classes(model, dataset)
+    pre, guessed = model_preprocessing(model)
+    classes = model_classes(model, pre.get("dataset") or guessed)
     scores = ("semantic scores (softmax(class) x sigmoid(mask) summed over queries)"
               if cfg.decoder not in ("fpn", "segformer") else "class logits")
     return {

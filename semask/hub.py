@@ -74,7 +74,14 @@ def save_pretrained(model: Segmentor, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        # safetensors refuses tensors that share memory: FaPN's offset convs share their norm with the layer they
+        # align (the original's module graph), so the state dict names one tensor twice. A copy per extra name.
+        ptr = v.untyped_storage().data_ptr()
+        state[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "arch": model.config.arch})
     config = model.config.to_dict()
     if getattr(model, "pretrained_cfg", None):
@@ -97,6 +104,13 @@ def training_pretrained_cfg(classes: Any, *, mean: Any, std: Any, test_scale: An
 def _read_config_json(path: Path) -> tuple[ModelConfig, dict[str, Any] | None]:
     """config.json -> (architecture, pretrained_cfg or None)."""
     values = json.loads(path.read_text(encoding="utf-8"))
+    if "arch" not in values and ("architecture" in values or "model_type" in values):  # timm's / transformers'
+        if values.get("model_type") == "segformer":
+            raise ValueError(f"{path.parent} is a transformers SegFormer folder, not semask weights: load it with "
+                             f"semask.convert.segformer.load_segformer({str(path.parent)!r}, semantic=...)")
+        kind = values.get("architecture") or values.get("model_type")
+        raise ValueError(f"{path} describes a {kind!r} model of timm / transformers, not semask weights: ImageNet "
+                         "Swin / MiT weights load as create_model(ARCH, pretrained_backbone=...)")
     extra = values.pop(PRETRAINED_CFG, None)
     return ModelConfig.from_dict(values), extra
 
@@ -222,14 +236,23 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, sh
     except Exception as err:  # transport errors (connection reset, truncated body, HTTP 5xx) from any http backend
         raise OSError(f"downloading {where} failed ({type(err).__name__}: {str(err)[:200]}); nothing was kept in "
                       "the cache, try again") from err
-    if sha256 is not None:
+    # Without a manifest hash, an LFS file's cache blob is named by the sha256 the hub reported: checked as well,
+    # so a damaged cached copy is evicted instead of failing (or loading other weights) on every later call.
+    expected = (sha256 or _lfs_sha256(path) or "").lower()
+    if expected:
         actual = file_sha256(path)
-        if actual != sha256.lower():
+        if actual != expected:
             _evict(path)
-            raise ValueError(f"sha256 mismatch for {where}: expected {sha256}, got {actual}. The cached file was "
+            raise ValueError(f"sha256 mismatch for {where}: expected {expected}, got {actual}. The cached file was "
                              "deleted; download again, and report it if this persists (the file on the hub changed "
                              "or is corrupt)")
     return path
+
+
+def _lfs_sha256(path: Path) -> str | None:
+    """The sha256 an LFS file's cache blob is named by (git-stored files are named by a 40-digit git hash)."""
+    name = path.resolve().name
+    return name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None
 
 
 def _download_pretrained(name: str) -> Path:
@@ -254,8 +277,79 @@ def _download_spec(spec: str) -> Path:
         _log.info("%s has no %s; using the architecture of the name passed to create_model", repo_id, CONFIG_NAME)
     if known is None:
         _log.info("%s: sha256 %s (not in the manifest; pin it with '@<commit>' for reproducible loads)", spec,
-                  file_sha256(weights))
+                  _lfs_sha256(weights) or file_sha256(weights))
     return weights
+
+
+def download_repo(spec: str, *, weights: bool = True) -> Path:
+    """'hf-hub:owner/repo@rev' used as a model name (timm's convention): the snapshot folder of a semask repo, its
+    config.json (the architecture) and, with `weights`, its model.safetensors from the same commit."""
+    repo_id, revision = parse_hf_spec(spec)
+    try:
+        config = hub_download(repo_id, CONFIG_NAME, revision=revision)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{spec} as a model name needs a semask repo ({CONFIG_NAME} + {WEIGHTS_NAME}): {err}. "
+                                f"Weights alone load into a named architecture: semask.create_model('ARCH', "
+                                f"pretrained={spec!r})") from err
+    if weights:
+        commit = config.parent.name if len(config.parent.name) == 40 else revision
+        return _download_spec(f"{HF_PREFIX}{repo_id}" + (f"@{commit}" if commit else "")).parent
+    return config.parent
+
+
+def convert_original(path: str | Path, name: str, config: ModelConfig, *, allow_unsafe: bool = False,
+                     pin_layout: bool = False, overrides: dict[str, Any] | None = None) -> Segmentor:
+    """An original checkpoint converted as `name` (`arch` or `arch.tag`, whose config is `config`).
+
+    The fields the tensors cannot tell come from the name: a tag (or `pin_layout`) pins all of them (semantic
+    layout, heads), an arch name the heads only (the layout then follows the original code's rule, as
+    `load_original`; `load_pretrained` refuses a rule that disagrees with the architecture's layout). Refused,
+    naming what loads them: weights of another architecture, and under a tag, weights with another class count (the
+    tag's layout would be pinned onto another dataset's weights). A tag's manifest entry becomes
+    `model.pretrained_cfg`, so a folder saved from the result predicts as the tag does.
+    """
+    from .convert import load_original
+
+    tagged = "." in name
+    quirks = {k: getattr(config, k) for k in HIDDEN_FIELDS if tagged or pin_layout or k == "nheads"}
+    model = load_original(path, allow_unsafe=allow_unsafe, **{**quirks, **(overrides or {})})
+    n = model.config.num_classes  # the architecture is compared apart from the classes, checked next
+    bad = structure_differences(model.config, config.replace(num_classes=n,
+                                                             sem_num_classes=model.config.sem_num_classes))
+    if bad:
+        raise ValueError(f"{path} is not a {name} checkpoint (its tensors differ in {bad}): load it with "
+                         f"semask.load_original({str(path)!r}), or name the architecture it is")
+    if tagged and n != config.num_classes:
+        tags = [t for t, e in load_manifest().items() if e["arch"] == config.arch and e.get("num_classes") == n]
+        raise ValueError(f"{path} has {n} classes but {name} is a {config.num_classes}-class tag (its semantic "
+                         f"layout would be pinned onto other weights): name {' or '.join(tags) or 'the tag they are'}"
+                         f", or the architecture {config.arch} (the original's rule then picks the layout); "
+                         "num_classes= re-heads after loading")
+    entry = load_manifest().get(name)
+    if entry is not None:
+        model.pretrained_cfg = dict(entry, name=name)
+    return model
+
+
+def _fit_bare(state: dict[str, torch.Tensor], config: ModelConfig, name: str, source: Any,
+              num_classes: int | None) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+    """(config, state) for a safetensors file without config.json: our tensor names under `config` or, when they
+    have that many classes, `num_classes` (state None: not our names, an original state dict to convert)."""
+    candidates = [config] + ([config.replace(num_classes=num_classes, sem_num_classes=None)]
+                             if num_classes is not None and num_classes != config.num_classes else [])
+    bad: list[str] = []
+    for candidate in candidates:
+        with torch.device("meta"):
+            ours = build_model(candidate).state_dict()
+        if set(state) != set(ours):
+            return config, None  # not our names: converted as an original checkpoint (which fails on unmapped keys)
+        bad = state_dict_differences(ours, state)
+        if not bad:
+            return candidate, state
+    raise ValueError(f"weights in {source} do not fit {name!r} ({len(bad)} tensor(s) differ, e.g. "
+                     f"{'; '.join(bad[:2])}): name the architecture they were saved from (pass num_classes= if they "
+                     "have another class count), or save them with semask.save_pretrained (it writes config.json "
+                     "beside them)")
 
 
 def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *,
@@ -282,32 +376,24 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
             return load_segformer_weights(build_model(config), repo_id, revision=revision)
         source = _download_spec(source)
     path = Path(source)
+    if isinstance(source, str) and source.startswith(LOCAL_DIR):
+        raise ValueError(f"pretrained={source!r}: 'local-dir:' prefixes a model name, create_model({source!r}); as "
+                         f"pretrained= pass the folder itself, pretrained={source[len(LOCAL_DIR):]!r}")
     if not path.exists():
         raise FileNotFoundError(f"pretrained={str(source)!r} does not exist; pass True, a semask folder or "
                                 "safetensors file, or an original .pth checkpoint")
     state, saved, extra = _read_local(path) if _is_semask_weights(path) else (None, None, None)
     if state is not None and saved is None:  # a bare safetensors file: our tensors, or an original state dict
-        with torch.device("meta"):
-            ours = build_model(config).state_dict()
-        if set(state) == set(ours) and (bad := state_dict_differences(ours, state)):
-            raise ValueError(f"weights in {source} do not fit {name!r} ({len(bad)} tensor(s) differ, e.g. "
-                             f"{'; '.join(bad[:2])}): name the architecture they were saved from, or save them with "
-                             "semask.save_pretrained (it writes config.json beside them)")
-        if set(state) != set(ours):
-            state = None  # not our names: convert it as an original checkpoint (which fails on unmapped keys)
-    converted = state is None
-    if converted:  # an original checkpoint, converted on the fly with the tag's quirk fields
-        from .convert import load_original
-
-        # a tag pins every hidden field; an arch name its heads (the layout follows the original's rule)
-        quirks = {k: getattr(config, k) for k in HIDDEN_FIELDS if "." in name or k == "nheads"}
-        model = load_original(path, **{**quirks, **overrides})
+        config, state = _fit_bare(state, config, name, source, num_classes)
+    if state is None:  # an original checkpoint, converted on the fly with the name's hidden fields
+        model = convert_original(path, name, config, overrides=overrides)
         state, saved = model.state_dict(), model.config
-    if saved is not None:
-        bad = structure_differences(saved, config)
+    if saved is not None:  # the saved classes win (num_classes= re-heads below)
+        bad = structure_differences(saved, config.replace(num_classes=saved.num_classes,
+                                                          sem_num_classes=saved.sem_num_classes))
         if bad:
             raise ValueError(f"weights in {source} are for a different architecture than {name!r} "
-                             f"(differs in {bad}); load them with {_matching_call(path, converted)}")
+                             f"(differs in {bad}); load them with {_matching_call(path)}")
         # The windowed/global layout is not in the weights: never switch it silently under a name that pins another.
         quirks = {k: getattr(saved, k) for k in ("semantic_attention", "sem_window_size")
                   if k not in overrides and getattr(saved, k) != getattr(config, k)}
@@ -340,12 +426,9 @@ def _require_config(folder: Path) -> Path:
     return cfg_path
 
 
-def _matching_call(path: Path, converted: bool) -> str:
-    """The call that loads `path` (an original checkpoint if `converted`) with the architecture its weights were
-    saved for."""
-    if not converted:  # a semask folder: its config.json is the architecture
-        return f"semask.create_model('{LOCAL_DIR}{path if path.is_dir() else path.parent}')"
-    return f"semask.load_original({str(path)!r})"
+def _matching_call(path: Path) -> str:
+    """The call that loads a semask folder / safetensors file `path` with the architecture it was saved for."""
+    return f"semask.create_model('{LOCAL_DIR}{path if path.is_dir() else path.parent}')"
 
 
 def load_local_dir(path: str | Path, *, num_classes: int | None = None,
@@ -354,7 +437,12 @@ def load_local_dir(path: str | Path, *, num_classes: int | None = None,
     path = Path(path)
     _require_config(path)  # first: a clear error for a folder without config.json
     state, config, extra = _read_local(path)
-    model = build_model(config.replace(**(overrides or {})))
+    wanted = config.replace(**(overrides or {}))
+    if bad := structure_differences(config, wanted):
+        raise ValueError(f"{LOCAL_DIR}{path} holds {config.arch} weights; the overrides of {bad} change their "
+                         "tensors: drop them (overrides that leave the tensors alone, such as attn_impl= or "
+                         "drop_path_rate=, are fine; num_classes= re-heads)")
+    model = build_model(wanted)
     model.load_state_dict(state, strict=True)
     if num_classes is not None and num_classes != config.num_classes:
         model = reset_classes(model, num_classes)

@@ -264,12 +264,13 @@ class Prediction:
 
 
 def model_preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
-    """(preprocessing, dataset) of a model's weights: its tag's manifest entry; for untagged models, that of
+    """(preprocessing, guessed dataset) of a model's weights: what they record (a tag's manifest entry, a semask
+    training run's record; its dataset under the "dataset" key, guess None); for models without a record, that of
     `arch.dataset` guessed from the class count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's
-    defaults (dataset None). What the `Predictor` and exported ONNX files (`semask.export`) use."""
+    defaults (guess None). What the `Predictor` and exported ONNX files (`semask.export`) use."""
     entry = getattr(model, "pretrained_cfg", None)
     if entry and entry.get("preprocessing"):
-        return dict(DEFAULT_PREPROCESSING, **entry["preprocessing"], dataset=entry.get("dataset")), entry.get("dataset")
+        return dict(DEFAULT_PREPROCESSING, **entry["preprocessing"], dataset=entry.get("dataset")), None
     from .hub import load_manifest
 
     info = get_class_info(num_classes=model.config.num_classes)
@@ -302,7 +303,8 @@ class Predictor:
 
     Args:
         model_or_name: a model, or `arch` / `arch.tag` (built with `create_model`; a tag loads its weights), or
-            `local-dir:PATH` (a folder written by `semask convert`: its architecture and weights).
+            `local-dir:PATH` (a folder written by `semask convert`: its architecture and weights), or
+            `hf-hub:owner/repo[@rev]` (a hub repo of such a folder).
         weights: with a name: a semask folder / safetensors file or an ORIGINAL checkpoint; False for random weights.
         mode: "whole" (one forward of the resized image) or "slide" (windows of `crop` every `stride`, overlaps
             averaged). crop defaults to the weights' training crop, stride to 2/3 of it (mmseg's 512/341).
@@ -356,10 +358,10 @@ class Predictor:
             if weights not in (None, False):
                 raise ValueError("weights= is for model names; load weights into the model instance yourself")
             return model_or_name
-        from .hub import LOCAL_DIR
+        from .hub import HF_PREFIX, LOCAL_DIR
         from .registry import create_model, split_name
 
-        if model_or_name.startswith(LOCAL_DIR):  # the folder's architecture and its weights
+        if model_or_name.startswith((LOCAL_DIR, HF_PREFIX)):  # the folder's / repo's architecture and its weights
             if weights not in (None, True):
                 raise ValueError(f"{model_or_name!r} has its own weights; drop weights=, or name an architecture to "
                                  "load other weights into")

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .hub import WEIGHTS_NAME, file_sha256, load_manifest, save_pretrained
+from .hub import WEIGHTS_NAME, convert_original, file_sha256, load_manifest, save_pretrained
 
 _log = logging.getLogger(__name__)
-_QUIRKS = ("semantic_attention", "sem_window_size")
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -47,6 +46,14 @@ def model_card(name: str, entry: dict[str, Any], repo_id: str) -> str:
     source = (entry.get("source") or {}).get("url", "n/a")
     sha = entry["hub"]["sha256"]
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) or "| – | – |"
+    usage = f'model = semask.create_model("hf-hub:{repo_id}").eval()  # the architecture from config.json'
+    if name in load_manifest():  # a tag: its pinned, verified weights once the manifest entry is committed
+        usage = (f'model = semask.create_model("{name}", pretrained=True).eval()  # pinned revision, sha256-checked'
+                 f"\n{usage}")
+    pre = entry.get("preprocessing") or {}
+    inputs = (f"Inputs: RGB, normalised with mean {pre['mean']} and std {pre['std']} (0–255 scale)."
+              if pre.get("mean") else "Inputs: RGB; no preprocessing is recorded for these weights (the "
+              "`semask.Predictor` assumes that of the dataset their class count matches, and says so).")
     return f"""---
 license: {license_id}
 library_name: semask
@@ -79,12 +86,10 @@ to safetensors with `semask publish`. Architecture `{entry.get("arch")}`, {entry
 
 ```python
 import semask
-model = semask.create_model("{name}", pretrained=True).eval()          # pinned revision, sha256-checked
-model = semask.create_model("{entry.get('arch')}", pretrained="hf-hub:{repo_id}")  # latest revision
+{usage}
 ```
 
-Inputs: RGB, normalised with mean {(entry.get("preprocessing") or {}).get("mean")} and std
-{(entry.get("preprocessing") or {}).get("std")} (0–255 scale).
+{inputs}
 """
 
 
@@ -99,9 +104,13 @@ def publish_one(original: str | Path, out_dir: str | Path, *, repo_id: str | Non
     from .convert import load_original
     from .registry import get_config
 
-    overrides = {k: getattr(get_config(name), k) for k in _QUIRKS} if name else {}
-    model = load_original(original, allow_unsafe=allow_unsafe, **overrides)
-    name = name or match_tag(model.config) or model.config.arch
+    if name:  # checked against the name, its hidden fields pinned (as `semask convert --model`)
+        model = convert_original(original, name, get_config(name), allow_unsafe=allow_unsafe, pin_layout=True)
+    else:
+        model = load_original(original, allow_unsafe=allow_unsafe)
+        name = match_tag(model.config) or model.config.arch
+        if name in load_manifest():
+            model.pretrained_cfg = dict(load_manifest()[name], name=name)
     manifest = load_manifest()
     entry = copy.deepcopy(manifest[name]) if name in manifest else {
         "arch": model.config.arch, "dataset": None, "num_classes": model.config.num_classes,

@@ -14,6 +14,7 @@ from .config import ModelConfig
 from .hub import (
     HF_PREFIX,
     LOCAL_DIR,
+    download_repo,
     hub_download,
     is_published,
     load_local_dir,
@@ -136,9 +137,12 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
-    """The architecture config of `arch`, `arch.tag` or `local-dir:PATH`, with `overrides` applied last."""
+    """The architecture config of `arch`, `arch.tag`, `local-dir:PATH` or `hf-hub:owner/repo[@rev]` (its config.json
+    alone is downloaded), with `overrides` applied last."""
     if name.startswith(LOCAL_DIR):
         return read_local_config(name[len(LOCAL_DIR):]).replace(**overrides)
+    if name.startswith(HF_PREFIX):
+        return read_local_config(download_repo(name, weights=False)).replace(**overrides)
     arch, tag = split_name(name)
     fields = dict(ARCHS[arch], arch=arch)
     if tag:
@@ -153,6 +157,10 @@ def default_tag(arch: str) -> str:
     # whole-model weights only: a `*_init` tag (backbone init, random semantic layers) is never the default
     released = [n for n in list_pretrained(f"{arch}.*", include_unpublished=True) if load_manifest()[n].get("source")]
     if not released:
+        starts = list_pretrained(f"{arch}.*")  # e.g. SeMask MiT: ImageNet / SegFormer starting points only
+        if starts:
+            raise ValueError(f"{arch} has no released whole-model weights; name one of its starting points "
+                             f"{starts} (a trained backbone, new semantic layers and head) to fine-tune from")
         raise ValueError(f"{arch} has no released weights; pretrained architectures: "
                          f"{sorted({n.split('.')[0] for n in list_pretrained(include_unpublished=True)})}")
     loadable = set(list_pretrained(f"{arch}.*"))
@@ -162,7 +170,8 @@ def default_tag(arch: str) -> str:
 def create_model(name: str, *, pretrained: bool | str | Path = False, num_classes: int | None = None,
                  pretrained_backbone: bool | str | Path = False, **overrides: Any) -> Segmentor:
     """Build `arch` or `arch.tag`, optionally with weights; or `local-dir:PATH`, a folder written by `semask convert`
-    or `save_pretrained`, with its own architecture and weights.
+    or `save_pretrained`, or `hf-hub:owner/repo[@revision]`, a hub repo of such a folder, with its own architecture
+    and weights.
 
     Args:
         pretrained: False; True (the tag's published weights, downloaded at the pinned revision and verified
@@ -177,11 +186,12 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
             timm `.safetensors` / Microsoft or timm `.pth`. Semantic layers and the decoder keep their init.
         overrides: any `ModelConfig` field, e.g. `attn_impl="eager"`, `drop_path_rate=0.1`.
     """
-    if name.startswith(LOCAL_DIR):  # timm's convention: the folder's config.json is the architecture
+    if name.startswith((LOCAL_DIR, HF_PREFIX)):  # timm's convention: the folder's config.json is the architecture
         if pretrained not in (False, None, True) or pretrained_backbone:
-            raise ValueError(f"{name!r} loads the folder's own weights; drop pretrained=/pretrained_backbone=, or "
-                             "name an architecture to load other weights into")
-        return load_local_dir(name[len(LOCAL_DIR):], num_classes=num_classes, overrides=overrides)
+            raise ValueError(f"{name!r} loads its own weights; drop pretrained=/pretrained_backbone=, or name an "
+                             "architecture to load other weights into")
+        folder = download_repo(name) if name.startswith(HF_PREFIX) else name[len(LOCAL_DIR):]
+        return load_local_dir(folder, num_classes=num_classes, overrides=overrides)
     if pretrained is True and "." not in name:
         name = default_tag(name)
     config = get_config(name, **overrides)
@@ -196,7 +206,9 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
     else:
         model = load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
     entry = load_manifest().get(name)
-    if entry is not None and model.config.num_classes == entry.get("num_classes"):
+    record = getattr(model, "pretrained_cfg", None)  # what the weights recorded (e.g. a run fine-tuned from a tag)
+    if entry is not None and model.config.num_classes == entry.get("num_classes") and (
+            not record or record.get("name") == name):
         model.pretrained_cfg = dict(entry, name=name)  # preprocessing, dataset (used by the Predictor)
     return model
 
@@ -231,8 +243,14 @@ def _load_backbone(model: Segmentor, name: str, source: bool | str | Path) -> No
     load_imagenet_backbone(model.backbone, read_imagenet_checkpoint(source))
 
 
-def list_models(pattern: str = "*", *, include_tags: bool = False) -> list[str]:
-    """Architecture names matching a glob `pattern` (with `include_tags`, every `arch.tag` too)."""
+def list_models(pattern: str = "*", *, pretrained: bool = False, include_tags: bool | None = None) -> list[str]:
+    """Architecture names matching a glob `pattern`; with `include_tags` (default: when the pattern has a "."),
+    every `arch.tag` too. `pretrained=True` (timm's): only architectures with weights `pretrained=True` loads, or
+    with `include_tags`, those tags (`list_pretrained`)."""
+    include_tags = "." in pattern if include_tags is None else include_tags
+    if pretrained:
+        tags = list_pretrained(pattern)
+        return tags if include_tags else sorted({n.partition(".")[0] for n in tags})
     names = list(ARCHS) + (list(load_manifest()) if include_tags else [])
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 

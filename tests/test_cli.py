@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import semask
 from semask.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,15 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     assert main(["list", "--unpublished"]) == 2
     assert main(["list", "--pretrained", "mit_b0_segformer"]) == 0  # an architecture name lists its tags
     assert capsys.readouterr().out.split() == ["mit_b0_segformer.ade20k", "mit_b0_segformer.imagenet_init"]
+    assert main(["list", "semask_swin_tiny_fpn.*"]) == 0  # a pattern with "." lists tags
+    assert capsys.readouterr().out.split() == [f"semask_swin_tiny_fpn.{d}" for d in ("ade20k", "cityscapes",
+                                                                                    "coco_stuff10k")]
+    assert main(["list", "--pretrained", "semask_swin_tiny_fpn"]) == 0  # nothing published: says where to look
+    out = capsys.readouterr()
+    assert out.out == "" and "--unpublished" in out.err
+    assert main(["list", "nothing_like_this"]) == 0 and "nothing matches" in capsys.readouterr().err
+    assert semask.list_models("mit_b0*", pretrained=True) == ["mit_b0_segformer"]  # timm's spelling
+    assert semask.list_models("mit_b0*", pretrained=True, include_tags=True) == semask.list_pretrained("mit_b0*")
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["semantic_attention"] == ["window", "window", "global", "global"]
@@ -47,3 +57,10 @@ def test_quickstart_runs(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} >= {"demo.png", "demo_overlay.png", "demo_priors.png"}
+
+
+def test_python_dash_m_semask(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "semask", "list", "test_swin_*"], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.split() == ["test_swin_fpn"], result.stderr

@@ -421,7 +421,79 @@ def test_pretrained_files_are_read_by_content_not_name(tmp_path: Path) -> None:
     for name in ("renamed.safetensors", "original.safetensors", "ours/weights.pth"):
         got = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / name, **arch).state_dict()
         assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items()), name
-    with pytest.raises(ValueError, match=r"different architecture.*semask\.load_original\('.*original\.safetensors"):
+    with pytest.raises(ValueError, match=r"is not a test_semask_swin_fpn checkpoint.*load_original\(.*original\.safet"):
         semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "original.safetensors")
     with pytest.raises(ValueError, match=r"do not fit .test_semask_swin_fpn. \(\d+ tensor\(s\) differ.*save_pre"):
         semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "ours" / "weights.pth")
+
+
+def test_a_tag_checks_the_class_count_and_records_its_preprocessing(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Under a tag, weights of another class count are refused (the tag's semantic layout would be pinned onto
+    another dataset's weights), naming the tag that fits; converting / publishing under a tag records its
+    preprocessing in config.json; a folder's own record wins over the tag it is loaded under."""
+    from semask.publish import publish_one
+
+    manifest = load_manifest()
+    pre = {"mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "test_scale": [64, 32], "crop_size": [32, 32]}
+    base = {"arch": "test_semask_maskformer", "dataset": "ade20k", "preprocessing": pre,
+            "source": {"url": "https://example.invalid/x.pth"}}
+    monkeypatch.setitem(manifest, "test_semask_maskformer.five", dict(base, num_classes=5, model={"num_classes": 5}))
+    monkeypatch.setitem(manifest, "test_semask_maskformer.nine", dict(base, num_classes=9, model={"num_classes": 9}))
+    ckpt = FIXTURES / "semask_maskformer_tiny_w7.pth"  # 5 classes
+    fits = r"has 5 classes but test_semask_maskformer\.nine is a 9-class tag.*name test_semask_maskformer\.five"
+    with pytest.raises(ValueError, match=fits):
+        semask.create_model("test_semask_maskformer.nine", pretrained=ckpt)
+    with pytest.raises(ValueError, match=fits):
+        publish_one(ckpt, tmp_path / "pub9", repo_id="me/x", name="test_semask_maskformer.nine", dry_run=True)
+    assert cli_main(["convert", str(ckpt), str(tmp_path / "x"), "--model", "test_semask_maskformer.nine"]) == 2
+    assert "9-class tag" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="is not a test_semask_maskformer.five checkpoint"):  # an FPN checkpoint
+        publish_one(FIXTURES / "semask_fpn_tiny_w7.pth", tmp_path / "pubf", repo_id="me/x",
+                    name="test_semask_maskformer.five", dry_run=True)
+    assert cli_main(["convert", str(ckpt), str(tmp_path / "five"), "--model", "test_semask_maskformer.five"]) == 0
+    record = json.loads((tmp_path / "five" / "config.json").read_text())["pretrained_cfg"]
+    assert record["name"] == "test_semask_maskformer.five" and record["preprocessing"] == pre
+    name, _ = publish_one(ckpt, tmp_path / "pub5", repo_id="me/x", name="test_semask_maskformer.five", dry_run=True)
+    assert json.loads((tmp_path / "pub5" / "config.json").read_text())["pretrained_cfg"]["preprocessing"] == pre
+    # a run fine-tuned from the tag records its own preprocessing: loading it under the tag keeps that record
+    tuned = semask.create_model(f"local-dir:{tmp_path / 'five'}")
+    tuned.pretrained_cfg = {"dataset": "mine", "preprocessing": dict(pre, mean=[0.0, 0.0, 0.0])}
+    semask.save_pretrained(tuned, tmp_path / "tuned")
+    again = semask.create_model("test_semask_maskformer.five", pretrained=tmp_path / "tuned")
+    assert again.pretrained_cfg["preprocessing"]["mean"] == [0.0, 0.0, 0.0]
+    assert semask.create_model("test_semask_maskformer.five", pretrained=tmp_path / "five").pretrained_cfg[
+        "source"] == base["source"]  # the tag's own record: the whole manifest entry
+    # structure-changing overrides of a folder: a clear error, not load_state_dict's list
+    with pytest.raises(ValueError, match=r"overrides of \['embed_dim'\] change their tensors"):
+        semask.create_model(f"local-dir:{tmp_path / 'five'}", embed_dim=32)
+
+
+def test_bare_safetensors_with_another_class_count(tmp_path: Path) -> None:
+    model = semask.create_model("test_semask_swin_fpn", num_classes=3)
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    got = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w.safetensors", num_classes=3)
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="pass num_classes="):
+        semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w.safetensors")
+
+
+def test_foreign_weights_name_the_call_that_loads_them(tmp_path: Path) -> None:
+    """timm / transformers folders and ImageNet backbone files passed as pretrained=, and a semask folder passed to
+    `semask convert`: errors that say what they are and which call loads them."""
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text(json.dumps({"architecture": "swin_tiny_patch4_window7_224"}))
+    save_file({"patch_embed.proj.weight": torch.zeros(1)}, str(tmp_path / "timm" / "model.safetensors"))
+    with pytest.raises(ValueError, match="timm / transformers.*pretrained_backbone="):
+        semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "timm")
+    (tmp_path / "timm" / "config.json").write_text(json.dumps({"model_type": "segformer"}))
+    with pytest.raises(ValueError, match="SegFormer folder.*load_segformer"):
+        semask.create_model("test_semask_mit_segformer", pretrained=tmp_path / "timm")
+    torch.save({"patch_embed.proj.weight": torch.zeros(1), "layers.0.blocks.0.norm1.weight": torch.zeros(1)},
+               tmp_path / "swin.pth")
+    with pytest.raises(ValueError, match="ImageNet Swin backbone weights.*pretrained_backbone="):
+        semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "swin.pth")
+    semask.save_pretrained(semask.create_model("test_semask_swin_fpn"), tmp_path / "ours")
+    with pytest.raises(ValueError, match="already converted.*local-dir:"):
+        semask.load_original(tmp_path / "ours")
+    with pytest.raises(ValueError, match=r"prefixes a model name.*pretrained='.*ours'"):
+        semask.create_model("test_semask_swin_fpn", pretrained=f"local-dir:{tmp_path / 'ours'}")

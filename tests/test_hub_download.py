@@ -259,3 +259,42 @@ def test_pretrained_backbone_from_hub_repo(hub):
     model = semask.create_model("test_semask_swin_fpn", pretrained_backbone="hf-hub:timm/tiny-swin")
     torch.testing.assert_close(model.backbone.patch_embed.proj.weight, tm.patch_embed.proj.weight, atol=0, rtol=0)
     assert ("GET", "/timm/tiny-swin/resolve/main/model.safetensors") in hub.requests
+
+
+def test_hub_repo_as_a_model_name(hub, files, monkeypatch, tmp_path, caplog):
+    """`create_model("hf-hub:owner/repo[@rev]")` (timm's convention): the repo's config.json is the architecture,
+    its weights and config come from one commit; get_config / Predictor take the name too; a repo without
+    config.json is a clear error naming the call that loads bare weights."""
+    from semask.infer import Predictor
+
+    old = semask.create_model(f"hf-hub:{REPO}@{OLD}")
+    assert _weights_equal(old, files[OLD]["model.safetensors"]) and old.config.arch == "test_semask_swin_fpn"
+    assert _weights_equal(semask.create_model(f"hf-hub:{REPO}"), files[NEW]["model.safetensors"])
+    assert semask.get_config(f"hf-hub:{REPO}", attn_impl="eager").attn_impl == "eager"
+    with caplog.at_level("WARNING"):
+        p = Predictor(f"hf-hub:{REPO}@{OLD}")
+    assert _weights_equal(p.model, files[OLD]["model.safetensors"]) and "random weights" not in caplog.text
+    with pytest.raises(ValueError, match="loads its own weights"):
+        semask.create_model(f"hf-hub:{REPO}", pretrained="x.pth")
+    hub.repos["someone/bare"] = {"refs": {"main": "c" * 40},
+                                 "commits": {"c" * 40: {"model.safetensors": files[OLD]["model.safetensors"]}}}
+    with pytest.raises(FileNotFoundError, match=r"needs a semask repo.*create_model\('ARCH', pretrained="):
+        semask.create_model("hf-hub:someone/bare")
+    bare = semask.create_model("test_semask_swin_fpn", pretrained="hf-hub:someone/bare")
+    assert _weights_equal(bare, files[OLD]["model.safetensors"])
+
+
+def test_damaged_cached_blob_is_evicted(hub, files, monkeypatch, tmp_path):
+    """A cached LFS blob whose bytes no longer match its name (the sha256 the hub reported) is deleted with a clear
+    error, and the next call downloads it again: not a permanent failure, nor other weights loaded silently."""
+    spec = f"hf-hub:{REPO}@{OLD}"
+    semask.create_model("test_semask_swin_fpn", pretrained=spec)
+    blob = tmp_path / "hf" / "hub" / "models--someone--semask-test" / "blobs" / hashlib.sha256(
+        files[OLD]["model.safetensors"]).hexdigest()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in a tensor: it would still load
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch.*deleted"):
+        semask.create_model("test_semask_swin_fpn", pretrained=spec)
+    assert not blob.exists()
+    assert _weights_equal(semask.create_model("test_semask_swin_fpn", pretrained=spec), files[OLD]["model.safetensors"])

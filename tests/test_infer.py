@@ -187,8 +187,10 @@ def test_batch_of_different_sizes(model):
     assert [r.labels.shape for r in p(torch.rand(2, 3, 10, 14))] == [(10, 14), (10, 14)]
 
 
-def test_predictor_from_names_uses_the_tag_preprocessing(tmp_path):
-    p = Predictor("semask_swin_tiny_fpn.cityscapes", weights=False, device="cpu")
+def test_predictor_from_names_uses_the_tag_preprocessing(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        p = Predictor("semask_swin_tiny_fpn.cityscapes", weights=False, device="cpu")
+    assert "assuming" not in caplog.text  # the tag records its dataset: nothing is guessed
     assert p.model.pretrained_cfg["dataset"] == "cityscapes"
     assert (p.test_scale, p.crop, p.stride, p.dataset) == ((2048, 1024), (768, 768), (512, 512), "cityscapes")
     assert p.classes.names[0] == "road" and p.classes.label_offset == 0
@@ -296,11 +298,11 @@ def test_weights_folders_keep_their_classes_and_preprocessing(tmp_path, caplog):
     model = semask.create_model("test_semask_swin_fpn", num_classes=150).eval()
     names = tuple(f"thing{i}" for i in range(150))
     model.pretrained_cfg = training_pretrained_cfg(ClassInfo("mine", names, generate_palette(150)), mean=(1, 2, 3),
-                                                   std=(4, 5, 6), test_scale=None, crop_size=(64, 64))
+                                                   std=(4, 5, 6), test_scale=None, crop_size=(64, 64), dataset="mine")
     semask.save_pretrained(model, tmp_path / "w")
     with caplog.at_level("WARNING"):
         p = Predictor(f"local-dir:{tmp_path / 'w'}")
-    assert "assuming" not in caplog.text  # nothing guessed
+    assert "assuming" not in caplog.text and p.dataset == "mine"  # nothing guessed: the record says
     assert p.classes.names == names and p.classes.label_offset == 0 and p.test_scale is None
     assert p.mean.flatten().tolist() == [1, 2, 3] and p.crop == (64, 64)
     again = semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w")

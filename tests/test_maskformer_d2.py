@@ -172,6 +172,11 @@ def test_round_trip_through_detectron2_layout(arch, tmp_path):
     for k in ("logits", "pred_logits", "pred_masks", "prior_logits"):
         assert torch.equal(a[k], b[k]), k
     assert set(semask_to_d2(loaded)["model"]) == set(obj["model"])
+    # and through a weights folder (FaPN's state dict names shared tensors twice: safetensors needs copies)
+    semask.save_pretrained(loaded, tmp_path / "folder")
+    again = semask.create_model(f"local-dir:{tmp_path / 'folder'}").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x)["logits"], a["logits"])
 
 
 def test_leftover_keys_fail():

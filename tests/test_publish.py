@@ -26,7 +26,10 @@ def test_publish_dry_run(tmp_path, capsys):
                             "sha256": hashlib.sha256(weights).hexdigest()}
     assert entry["num_classes"] == 5 and entry["model"]["embed_dim"] == 24
     card = (folder / "README.md").read_text()
-    assert entry["hub"]["sha256"] in card and "license:" in card and "semask.create_model" in card
+    assert entry["hub"]["sha256"] in card and "license:" in card
+    # untagged: the card loads it by repo (its config.json is the architecture), and says no preprocessing is known
+    assert 'semask.create_model("hf-hub:someone/semask-custom")' in card and "pretrained=True" not in card
+    assert "no preprocessing is recorded" in card and "None" not in card
 
     # The folder loads through create_model (the fixture's sizes as overrides of the tiny test architecture) and
     # gives exactly the original checkpoint's model.
@@ -46,4 +49,6 @@ def test_publish_uses_tag_metadata(tmp_path, monkeypatch, capsys):
     name, entry = publish.publish_one(FIXTURE, tmp_path, dry_run=True)
     assert name == "semask_swin_tiny_fpn.ade20k"
     assert entry["hub"]["repo_id"] == "semask/semask-swin-tiny-fpn-ade20k" and entry["license"] == "Apache-2.0"
-    assert "42.06" in (tmp_path / "README.md").read_text()
+    card = (tmp_path / "README.md").read_text()
+    assert "42.06" in card and 'create_model("semask_swin_tiny_fpn.ade20k", pretrained=True)' in card
+    assert "mean [123.675, 116.28, 103.53]" in card

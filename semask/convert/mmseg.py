@@ -32,6 +32,11 @@ def read_checkpoint(path: str | Path, *, allow_unsafe: bool = False) -> Any:
     """torch.load with `weights_only=True`; a safetensors file; a detectron2 `.pkl` through an allowlist
     (`semask.convert.formats`). `allow_unsafe=True` unpickles arbitrary objects (trusted files only)."""
     path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            raise ValueError(f"{path} is a semask weights folder, already converted: load it with "
+                             f"semask.create_model('local-dir:{path}') (or pretrained='{path}')")
+        raise ValueError(f"{path} is a folder; pass the checkpoint file in it (.pth / .pkl / .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -136,8 +141,11 @@ def _check_family(sd: StateDict) -> None:
         raise ValueError("this is a detectron2 MaskFormer/Mask2Former checkpoint (keys 'sem_seg_head.*'); "
                          "load it with semask.load_original (semask.convert.detectron2)")
     if not any(k.startswith("backbone.layers.") for k in keys):
+        backbone_only = any(k.startswith(("layers.0.blocks.", "patch_embed.")) for k in keys)
+        hint = (" It looks like ImageNet Swin backbone weights (timm / Microsoft): pass them as "
+                "create_model(ARCH, pretrained_backbone=...) to fine-tune from them." if backbone_only else "")
         raise ValueError(f"not an mmseg Swin checkpoint: no 'backbone.layers.*' keys (first keys: {keys[:3]}); "
-                         "semask.load_original reads SeMask-FPN / Swin-FPN checkpoints")
+                         f"semask.load_original reads SeMask-FPN / Swin-FPN checkpoints.{hint}")
     if not any(k.startswith("decode_head.scale_heads.") for k in keys):
         heads = sorted({k.split(".")[1] for k in keys if k.startswith("decode_head.")})
         raise ValueError(f"decode head is not a Semantic FPN (decode_head has {heads}); only FPN heads are supported")
