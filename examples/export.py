@@ -11,20 +11,22 @@ from pathlib import Path
 
 import torch
 
-import semask
 from semask.export import deployment_metadata, export_onnx, export_program
+from semask.infer import load_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="semask_swin_tiny_fpn")
-    ap.add_argument("--weights", default=None, help="safetensors file/folder or original .pth (default: untrained)")
+    ap.add_argument("--model", default="semask_swin_tiny_fpn", help="arch (random weights) or arch.tag (published)")
+    ap.add_argument("--weights", default=None, help="safetensors file/folder or original .pth (default: a tag's "
+                                                    "published weights; an arch without a tag: untrained)")
     ap.add_argument("--out", default="export_out")
     ap.add_argument("--check-size", default="480x640", help="an input size other than the traced 512x512")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = semask.create_model(args.model, pretrained=args.weights or False).eval()
+    # as semask export and the Predictor: a tag loads its published weights, --weights local ones, else random
+    model = load_model(args.model, args.weights).eval()
 
     program = export_program(model)  # traced at 512x512, valid for other sizes
     torch.export.save(program, out / "model.pt2")

@@ -8,8 +8,8 @@
 """
 
 import argparse
+import sys
 
-import semask
 from semask.data import folder
 from semask.train import DataConfig, TrainConfig, Trainer, format_table
 
@@ -25,12 +25,17 @@ args = parser.parse_args()
 
 train_set, val_set = folder(args.data, "train"), folder(args.data, "val")
 crop, scale = (args.crop, args.crop), (4 * args.crop, args.crop)
-model = semask.create_model(args.arch, num_classes=train_set.num_classes,
-                            **({} if args.no_imagenet else {"pretrained_backbone": True}))
 config = TrainConfig(
-    model=args.arch, out_dir=args.out, iters=args.iters, batch_size=args.batch_size, lr=1e-4, weight_decay=1e-4,
-    warmup_iters=min(1500, args.iters // 10), amp="bf16", eval_interval=max(args.iters // 4, 1),
-    data=DataConfig(crop_size=crop, scale=scale, test_scale=scale))
-metrics = Trainer(config, model=model, train_set=train_set, val_set=val_set).fit()
-print(format_table(metrics))
-print(f"weights: {args.out}/final  ->  semask.create_model({args.arch!r}, pretrained='{args.out}/final')")
+    model=args.arch, pretrained_backbone=not args.no_imagenet, out_dir=args.out, iters=args.iters,
+    batch_size=args.batch_size, lr=1e-4, weight_decay=1e-4, warmup_iters=min(1500, args.iters // 10), amp="bf16",
+    eval_interval=max(args.iters // 4, 1), data=DataConfig(crop_size=crop, scale=scale, test_scale=scale))
+trainer = Trainer(config, train_set=train_set, val_set=val_set)  # builds the model for the dataset's classes
+metrics = trainer.fit()
+if trainer.rank == 0:  # under torchrun every process gets here: one report
+    if metrics:  # none when stopped before the first evaluation
+        print(format_table(metrics))
+    if trainer.stopped:
+        print(f"stopped at iteration {trainer.iteration}: run the same command to resume")
+    else:
+        print(f"weights: {args.out}/final  ->  semask.create_model({args.arch!r}, pretrained='{args.out}/final')")
+sys.exit(130 if trainer.stopped else 0)

@@ -5,6 +5,10 @@ The file says what to do in its metadata (`metadata_props["semask"]`, written by
 the outputs. These are the steps of `semask.Predictor`'s default path (whole image, one scale, no flip), so the
 labels agree with it up to float rounding between the two runtimes.
 
+The ONNX graph runs at any resized size, however elongated: the metadata's `min_size` / `max_size` are the shape
+guards of the torch.export (.pt2) program only. Only a side below `pad_to_min` (SegFormer's MiT: 29 px, where its
+key/value reduction no longer fits) is zero-padded and the logits cropped, as the Predictor does.
+
     semask export semask_swin_tiny_fpn.ade20k model.onnx
     python examples/onnx_segment.py model.onnx photo.jpg --out labels.png --overlay overlay.png
 """
@@ -25,6 +29,21 @@ def read_metadata(session: ort.InferenceSession) -> dict:
     if "semask" not in meta:
         raise SystemExit("this ONNX file has no semask metadata: export it with `semask export MODEL OUT.onnx`")
     return json.loads(meta["semask"])
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """An image file -> [H, W, 3] uint8 RGB as `semask.Predictor` reads it: EXIF orientation applied, 16/32-bit and
+    float grey scaled to 8 bits (65535 -> 255; Pillow's convert("RGB") would clip them), alpha dropped."""
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0  # 16-bit -> 8-bit
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))
 
 
 def rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
@@ -62,14 +81,10 @@ def segment(session: ort.InferenceSession, meta: dict, image: np.ndarray) -> np.
     mean = np.asarray(pre["mean"], np.float32)[:, None, None]
     std = np.asarray(pre["std"], np.float32)[:, None, None]
     x = (x - mean) / std
-    # The program accepts H, W >= min_size (every Swin stage needs more than one window; only very elongated
-    # images resize below it). A smaller resized image is zero-padded (the mean colour) at the bottom/right and
-    # the logits cropped, so its labels can differ from the PyTorch model's, which pads inside the network instead.
-    ph, pw = max(size[0], pre["min_size"]), max(size[1], pre["min_size"])
-    if max(ph, pw) > pre["max_size"]:
-        raise ValueError(f"the resized image {size} exceeds the exported program's max_size {pre['max_size']}: "
-                         "lower test_scale in the metadata you pass, or export again with a larger max_size")
-    x = np.pad(x, ((0, 0), (0, ph - size[0]), (0, pw - size[1])))
+    # No padding to the .pt2 program's min_size: the ONNX graph has no shape guard. Only sides below pad_to_min
+    # (MiT) are zero-padded (the mean colour) right/bottom and the logits cropped, as the Predictor does.
+    pad = pre.get("pad_to_min", 1)
+    x = np.pad(x, ((0, 0), (0, max(0, pad - size[0])), (0, max(0, pad - size[1]))))
     logits = session.run(["logits"], {pre["name"]: x[None]})[0][0, :, :size[0], :size[1]]  # [K, h', w']
     return resize_bilinear(logits, (h, w)).argmax(0)
 
@@ -83,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     meta = read_metadata(session)
-    image = np.asarray(ImageOps.exif_transpose(Image.open(args.image)).convert("RGB"))
+    image = load_rgb(args.image)
     labels = segment(session, meta, image)
     ids = labels + meta["label_offset"]
     Image.fromarray(ids.astype(np.uint8 if ids.max() < 256 else np.uint16)).save(args.out)

@@ -58,7 +58,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .export import check_export_support, export_onnx, export_program
-    from .registry import create_model
+    from .infer import load_model
 
     try:  # before building the model: an old torch cannot export whatever the model
         check_export_support()
@@ -73,7 +73,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"semask export: error: --format {fmt} writes {'.onnx' if fmt == 'onnx' else '.pt2'} files, not "
               f"{args.out}: change the suffix or drop --format", file=sys.stderr)
         return 2
-    model = create_model(args.model, pretrained=args.weights or False).eval()
+    # As the Predictor: a tag loads its published weights (or fails with how to get them), --weights local ones;
+    # a bare architecture without --weights exports random weights, with a warning.
+    model = load_model(args.model, args.weights).eval()
     size = tuple(args.size)
     try:
         if fmt == "onnx":
@@ -83,6 +85,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
             torch.export.save(export_program(model, example_size=size), path)
     except ValueError as err:  # a traced size or opset the export cannot use
         print(f"semask export: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # onnx / onnxscript missing
+        print(f"semask export: error: ONNX export needs the onnx and onnxscript packages ({err}); install them "
+              "with: pip install 'semask[export]', or write a .pt2 program instead", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # torch.export / the ONNX converter failed: its message, not a traceback
+        lines = [line for line in str(err).splitlines() if line.strip()][:4]
+        print(f"semask export: error: exporting {args.model} ({fmt}, traced at {size[0]}x{size[1]}) failed in "
+              f"{type(err).__name__}: " + "\n  ".join(lines) + "\nThis is a semask bug unless the model was "
+              "changed: please report it with this command line", file=sys.stderr)
         return 2
     print(f"exported {args.model} ({fmt}, dynamic H/W) -> {path}")
     return 0
@@ -251,33 +263,42 @@ def _is_main_process() -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .data.loader import worker_errors_unwrapped
     from .train import Trainer, load_config
     from .train.metrics import format_table
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config)
-    metrics = trainer.fit()
+    with worker_errors_unwrapped():  # a loader worker's error: its message, not "Caught ValueError in DataLoader..."
+        trainer = Trainer(config)
+        metrics = trainer.fit()
     if _is_main_process():
         if metrics:
             print(format_table(metrics))
-        print(f"log: {trainer.out_dir / 'log.jsonl'}; curves: {trainer.out_dir / 'curves.png'}; "
-              f"checkpoints: {trainer.ckpt_dir}; weights: {trainer.out_dir / 'final'}")
-    return 0
+        where = (f"log: {trainer.out_dir / 'log.jsonl'}; curves: {trainer.out_dir / 'curves.png'}; "
+                 f"checkpoints: {trainer.ckpt_dir}")
+        if trainer.stopped:  # no final weights were written
+            print(f"{where}\nstopped at iteration {trainer.iteration} of {config.iters}: resume with the same "
+                  "command", file=sys.stderr)
+        else:
+            print(f"{where}; weights: {trainer.out_dir / 'final'}")
+    return 130 if trainer.stopped else 0  # 128 + SIGINT: scripts chaining on success do not go on
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .infer import aug_test
+    from .data.loader import worker_errors_unwrapped
     from .train import load_config
-    from .train.evaluate import EvalProtocol, parse_size
+    from .train.evaluate import parse_size
     from .train.metrics import format_table, metrics_json
-    from .train.trainer import evaluate_checkpoint
+    from .train.trainer import config_protocol, evaluate_checkpoint
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
-    protocol = EvalProtocol(mode=args.mode, crop=parse_size(args.crop), stride=parse_size(args.stride),
-                            **aug_test(args.tta))
-    metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split, protocol=protocol)
+    # the config's eval_mode / eval_crop / eval_stride / eval_tta (what training evaluated with), unless flagged
+    protocol = config_protocol(config, mode=args.mode, crop=parse_size(args.crop), stride=parse_size(args.stride),
+                               tta=args.tta)
+    with worker_errors_unwrapped():
+        metrics, dataset = evaluate_checkpoint(config, args.checkpoint, split=args.split, protocol=protocol)
     if _is_main_process():
         scale = config.data.test_scale
         print(f"{dataset.name}: {len(dataset)} images; {protocol.describe()}; test scale "
@@ -323,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="arch, arch.tag, local-dir:FOLDER or hf-hub:OWNER/REPO[@REV]")
     p.add_argument("out", help="output file (.onnx or .pt2)")
     p.add_argument("--format", choices=("onnx", "torch"), help="default: from OUT's suffix (.onnx / .pt2), else onnx")
-    p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl "
-                                     "(default: untrained)")
+    p.add_argument("--weights", help="local weights: safetensors file/folder or original .pth/.pkl (default: a "
+                                     "tag's published weights; an arch without a tag: untrained, with a warning)")
     p.add_argument("--size", type=_size, default=[512, 512], help="example input traced: N or HxW (512); "
                                                                   "the program accepts other sizes")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
@@ -376,11 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the training config (dataset, model, test scale)")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or semask weights folder")
     p.add_argument("--split", help="dataset split (default: data.val_split)")
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole",
-                   help="whole image or sliding window (images resized to data.test_scale first)")
-    p.add_argument("--crop", help="slide window N or H,W (default: data.crop_size)")
-    p.add_argument("--stride", help="slide stride N or H,W (default: 2/3 of the crop)")
-    p.add_argument("--tta", action="store_true", help="multi-scale (0.5..1.75) + flip, as mmseg --aug-test")
+    p.add_argument("--mode", choices=("whole", "slide"),
+                   help="whole image or sliding window (images resized to data.test_scale first); default: the "
+                        "config's eval_mode")
+    p.add_argument("--crop", help="slide window N or H,W (default: the config's eval_crop, else data.crop_size)")
+    p.add_argument("--stride", help="slide stride N or H,W (default: the config's eval_stride, else 2/3 of the crop)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="multi-scale (0.5..1.75) + flip, as mmseg "
+                   "--aug-test (default: the config's eval_tta)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_eval)

@@ -7,8 +7,8 @@ import torch
 
 def resolve_device(device: str | torch.device | None, *, local_rank: int = 0) -> torch.device:
     """None / "auto" -> `cuda:{local_rank}` when CUDA is available, else the CPU; "cuda" without an index ->
-    `cuda:{local_rank}` (each torchrun process its own GPU). A misspelt name or CUDA asked for where torch has none
-    is a ValueError naming what works, instead of a failure deep inside the first forward."""
+    `cuda:{local_rank}` (each torchrun process its own GPU). A misspelt name, or CUDA / MPS / XPU asked for where
+    torch cannot use it, is a ValueError naming what works, instead of a failure deep inside the first forward."""
     if device is None or device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
@@ -24,4 +24,17 @@ def resolve_device(device: str | torch.device | None, *, local_rank: int = 0) ->
             dev = torch.device("cuda", local_rank)
         if dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type not in ("cpu", "meta") and not _backend_available(dev.type):
+        raise ValueError(f"device {device!r}: {dev.type} is not available here (torch {torch.__version__}); use "
+                         "'cpu', 'cuda' or 'auto'")
     return dev
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether torch can run on devices of type `kind` (mps, xpu, ...) here: the backend module's `is_available()`
+    (torch.backends.mps, torch.xpu; third-party backends register torch.<kind> when loaded); no module: no."""
+    module = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    if module is None:
+        return False
+    check = getattr(module, "is_available", None)
+    return bool(check()) if callable(check) else True

@@ -36,11 +36,41 @@ class _Logits(nn.Module):
         return tuple(out[k] for k in ("logits", "prior_logits") if k in out)
 
 
+def _stage_sizes(cfg: Any, n: int) -> list[int]:
+    """Side length of each backbone stage's map (strides 4, 8, 16, 32) for an input side `n`."""
+    if cfg.decoder not in ("fpn", "segformer"):  # mask classification: the input is padded to a multiple of 32
+        n = -(-n // cfg.size_divisibility) * cfg.size_divisibility
+    if cfg.backbone == "mit":
+        from .backbones.mit import stage_sizes
+
+        return stage_sizes(n, cfg.mit_patch_sizes, cfg.mit_strides)
+    n = -(-n // cfg.patch_size)  # Swin: padded to the patch size, then PatchMerging pads odd sizes
+    return [-(-n // 2 ** i) for i in range(len(cfg.depths))]
+
+
+def _stage_minimum(cfg: Any, stage: int) -> int:
+    """Fewest tokens per side stage `stage` may have in a program: the tracer specialises sizes 0 and 1, so every
+    size the graph derives from H must stay >= 2: the count of attention windows (Swin's windows at every stage, the
+    semantic layer's at its windowed stages) and MiT's key/value map after the k=s=sr_ratio reduction conv."""
+    need = 2
+    if cfg.backbone == "mit":
+        need = max(need, 2 * cfg.mit_sr_ratios[stage])  # (n // sr) >= 2
+    else:
+        need = max(need, cfg.window_size + 1)  # ceil(n / window) >= 2
+    if cfg.semantic_attention and cfg.semantic_attention[stage] == "window":
+        need = max(need, cfg.sem_window_size + 1)
+    return need
+
+
 def min_input_size(model: nn.Module) -> int:
-    """Smallest H/W an exported program accepts: every stage (stride 32 at the last) must have more than one
-    window, since the tracer specialises size-1 window counts (eager PyTorch has no such limit)."""
+    """Smallest H/W an exported torch.export program accepts (eager PyTorch and ONNX runtimes have no such limit):
+    the smallest side at which every stage keeps the sizes the tracer must not specialise above 1 (see
+    `_stage_minimum`). Swin with window w: 32w + 1 (225 for w 7, 385 for w 12); SegFormer's MiT (key/value reduction
+    8/4/2/1 at strides 4/8/16/32): 61, also with the SeMask-MiT layout (7x7 semantic windows in stages 0-1)."""
     cfg = model.config
-    return 32 * max(cfg.window_size or 0, cfg.sem_window_size or 0, 1) + 1  # MiT: no attention window
+    needs = [_stage_minimum(cfg, i) for i in range(len(cfg.depths))]
+    return next(n for n in range(1, MAX_SIZE + 1)
+                if all(m >= need for m, need in zip(_stage_sizes(cfg, n), needs, strict=True)))
 
 
 def _dims(min_size: int, max_size: int) -> tuple[dict[int, Dim], ...]:
@@ -59,7 +89,8 @@ def check_export_support() -> None:
 def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_EXAMPLE, batch: int = 1,
                    min_size: int | None = None, max_size: int = MAX_SIZE) -> ExportedProgram:
     """`torch.export.export` of `model` (in eval mode) with dynamic height and width in [min_size, max_size]
-    (default min: `min_input_size(model)`, 225 for window 7, 385 for window 12).
+    (default min: `min_input_size(model)`: Swin 225 for window 7, 385 for window 12; MiT 61). Eager PyTorch and the
+    ONNX file of the program have no minimum: only this program's shape guards do.
 
     The program's module returns a tuple: (logits, prior_logits) for SeMask models, (logits,) for baselines.
     Mask-classification models' "logits" are their semantic scores (softmax(class) · sigmoid(mask) summed over
@@ -101,14 +132,19 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
         "label_offset": classes.label_offset,
         "input": {
             "name": "images", "shape": "[1, 3, H, W] float32, RGB (one image: the batch is fixed at export)",
+            # the torch.export (.pt2) program's shape guard; the ONNX graph runs at any size (none is padded to it)
             "min_size": min_input_size(model) if min_size is None else min_size, "max_size": max_size,
+            "size_limits": "min_size/max_size bound the torch.export (.pt2) program only; the ONNX graph takes any "
+                           "H, W >= 1 (sides below pad_to_min padded as the steps say)",
+            "pad_to_min": int(getattr(model.backbone, "min_size", 1)),
             "test_scale": None if pre["test_scale"] in (None, "original") else list(pre["test_scale"]),
             "mean": list(pre["mean"]), "std": list(pre["std"]),
             "steps": "resize the 0..255 RGB image keeping its aspect ratio to the largest size with long side <= "
                      "max(test_scale) and short side <= min(test_scale) (it may upscale; sizes rounded half up; "
                      "test_scale null: no resize), "
                      "bilinear with half-pixel centres and no antialiasing; round and clip to 0..255; "
-                     "(x - mean) / std per channel",
+                     "(x - mean) / std per channel; a side below pad_to_min is zero-padded at the bottom/right "
+                     "to pad_to_min (the logits cropped back)",
         },
         "outputs": {
             "logits": f"[1, K, H, W] {scores} at the input size: resize them bilinearly (half-pixel centres) to "

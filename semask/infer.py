@@ -32,6 +32,7 @@ DEFAULT_MAX_PIXELS = 4096 * 4096  # multi-scale / flip / probs=True hold float32
 DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
                              crop_size=(512, 512), reduce_zero_label=False)
 FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
+AUTOCAST_DTYPES = (None, torch.float16, torch.bfloat16)  # Predictor(dtype=...): None runs the model's own dtype
 
 
 def aug_test(enabled: bool) -> dict[str, Any]:
@@ -40,7 +41,17 @@ def aug_test(enabled: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- image loading
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """A pixel limit as given by users -> a positive int, or None for no limit (None or 0, as the CLI's 0)."""
+    if max_pixels is None or max_pixels == 0:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 0:
+        raise ValueError(f"max_pixels must be a positive pixel count, or 0 / None for no limit; got {max_pixels!r}")
+    return int(max_pixels)
+
+
 def _check_pixels(h: int, w: int, max_pixels: int | None, what: str) -> None:
+    max_pixels = check_max_pixels(max_pixels)
     if h < 1 or w < 1:
         raise ValueError(f"{what} is empty ({w}x{h} pixels)")
     if max_pixels is not None and h * w > max_pixels:
@@ -183,6 +194,24 @@ def _check_slide(crop: int | Sequence[int], stride: int | Sequence[int]) -> None
                          f"stride {tuple(stride_hw)}")
 
 
+def _check_channels(name: str, values: Sequence[float] | None) -> tuple[float, ...] | None:
+    """mean= / std= overrides: one value per RGB channel (std > 0), in 0..255 units as the weights' own."""
+    if values is None:
+        return None
+    vals = tuple(float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1))
+    if len(vals) != 3 or (name == "std" and min(vals) <= 0):
+        raise ValueError(f"{name} needs 3 values (R, G, B in 0..255 units{', each > 0' if name == 'std' else ''}), "
+                         f"e.g. {DEFAULT_PREPROCESSING[name]}; got {values!r}")
+    return vals
+
+
+def _stage_strides(cfg: Any) -> list[int]:
+    """Each backbone stage's stride (4, 8, 16, 32 for every registered model)."""
+    if cfg.backbone == "mit":
+        return np.cumprod(cfg.mit_strides).tolist()
+    return [cfg.patch_size * 2 ** i for i in range(len(cfg.depths))]
+
+
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -196,16 +225,25 @@ def _row_bands(x: torch.Tensor, band_bytes: int) -> list[slice]:
     return [slice(r, r + rows) for r in range(0, h, rows)]
 
 
+def _normalise(x: torch.Tensor, scores: bool) -> torch.Tensor:
+    """[K, ...] -> per-pixel probabilities over K: softmax of class logits, or non-negative semantic scores divided
+    by their sum (a pixel whose scores all underflowed to 0 gets 0)."""
+    if not scores:
+        return x.softmax(0)
+    return x / x.sum(0, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
 def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int = 4 << 20,
-                 full_map_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """[K, h, w] logits -> (confidence [H, W], labels [H, W]) of `resize(logits, size).softmax(0).max(0)`.
+                 full_map_bytes: int | None = None, scores: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """[K, h, w] logits -> (confidence [H, W], labels [H, W]) of `resize(logits, size).softmax(0).max(0)`; with
+    `scores` (mask-classification models' semantic scores, >= 0) of the scores normalised per pixel (`_normalise`).
 
     Small outputs: resize, then softmax and max in bands of rows (both are per pixel, so the values are the same)
     without a [K, H, W] probability map. Outputs above `full_map_bytes` (a 150-class 12-megapixel photo would
     take 7 GiB): no [K, H, W] map at all; classes are resized a chunk at a time (bilinear resize is per channel, so
     each chunk's values are those of the full resize) and folded into a running max / arg-max and a rescaled sum of
-    exponentials (the online softmax of flash attention): confidence = 1 / sum(exp(logit - max)).
-    `full_map_bytes` defaults to `FULL_MAP_BYTES`."""
+    exponentials (the online softmax of flash attention): confidence = 1 / sum(exp(logit - max)) (scores: a plain
+    running sum, confidence = max / sum). `full_map_bytes` defaults to `FULL_MAP_BYTES`."""
     k, (h, w) = logits.shape[0], tuple(size)
     full_map_bytes = FULL_MAP_BYTES if full_map_bytes is None else full_map_bytes
     if k * h * w * logits.element_size() <= full_map_bytes:
@@ -213,7 +251,7 @@ def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int =
         conf = full.new_empty(h, w)
         labels = torch.empty(h, w, dtype=torch.long, device=full.device)
         for band in _row_bands(full, band_bytes):
-            torch.max(full[:, band].softmax(0), 0, out=(conf[band], labels[band]))
+            torch.max(_normalise(full[:, band], scores), 0, out=(conf[band], labels[band]))
         return conf, labels
     per = max(1, full_map_bytes // (h * w * logits.element_size()))
     resized = tuple(logits.shape[1:]) != (h, w)  # else the chunks are views of `logits`: no in-place ops on them
@@ -222,23 +260,30 @@ def _max_softmax(logits: torch.Tensor, size: Sequence[int], *, band_bytes: int =
         chunk = _resize(logits[None, c0:c0 + per], (h, w))[0]  # [per, H, W]
         chunk_top, chunk_labels = chunk.max(0)
         new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
-        exp_sum = (chunk.sub_(new_top) if resized else chunk - new_top).exp_().sum(0)
+        if scores:
+            exp_sum = chunk.sum(0)
+        else:
+            exp_sum = (chunk.sub_(new_top) if resized else chunk - new_top).exp_().sum(0)
         if top is None:
             top, labels, total = chunk_top, chunk_labels, exp_sum
             continue
         # strictly greater: on a tie the lower class index wins, as torch.max does within a chunk
         labels = torch.where(chunk_top > top, chunk_labels + c0, labels)
-        total = total.mul_(top.sub_(new_top).exp_()).add_(exp_sum)
+        total = total.add_(exp_sum) if scores else total.mul_(top.sub_(new_top).exp_()).add_(exp_sum)
         top = new_top
-    assert total is not None and labels is not None
+    assert total is not None and labels is not None and top is not None
+    if scores:
+        return top.div_(total.clamp_min_(torch.finfo(total.dtype).tiny)), labels
     return total.reciprocal_(), labels
 
 
-def _add_softmax(total: torch.Tensor, logits: torch.Tensor, *, flip: bool = False, band_bytes: int = 4 << 20) -> None:
+def _add_softmax(total: torch.Tensor, logits: torch.Tensor, *, flip: bool = False, band_bytes: int = 4 << 20,
+                 scores: bool = False) -> None:
     """`total += logits.softmax(0)` ([K, H, W]; mirrored left-right if `flip`), in bands of rows so that neither
-    the probabilities nor their mirror image is a second [K, H, W] map (the sums are the same)."""
+    the probabilities nor their mirror image is a second [K, H, W] map (the sums are the same). With `scores`
+    (semantic scores) the scores themselves are added, as detectron2's test-time augmentation averages them."""
     for band in _row_bands(logits, band_bytes):
-        prob = logits[:, band].softmax(0)
+        prob = logits[:, band] if scores else logits[:, band].softmax(0)
         total[:, band] += prob.flip(-1) if flip else prob
 
 
@@ -248,11 +293,13 @@ class Prediction:
     """One image's result. `labels` are model class indices (add `label_offset` for the dataset's ids)."""
 
     labels: np.ndarray  # [H, W] int64 at the original size
-    confidence: np.ndarray  # [H, W] float32: the averaged probability of the chosen class
+    # [H, W] float32: the averaged probability of the chosen class (mask-classification models: the averaged semantic
+    # score of the chosen class over the sum of the class scores at that pixel, see `Predictor`)
+    confidence: np.ndarray
     image: np.ndarray  # [H, W, 3] uint8 RGB input (orientation applied)
     priors: list[torch.Tensor]  # per stage [K', h_i, w_i] semantic-prior logits (scale 1.0, unflipped); [] if none
     classes: ClassInfo
-    probs: torch.Tensor | None = None  # [K, H, W] averaged softmax, when asked for
+    probs: torch.Tensor | None = None  # [K, H, W] averaged softmax (or normalised scores), when asked for
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -297,6 +344,29 @@ def model_classes(model: nn.Module, dataset: str | None) -> ClassInfo:
         return get_class_info(None, n)
 
 
+def load_model(model_or_name: nn.Module | str, weights: bool | str | Path | None = None) -> nn.Module:
+    """The model a `Predictor` (or `semask export`) runs: a model as it is; `arch.tag` with its published weights
+    (or the clear "not published yet" error); `local-dir:` / `hf-hub:` with theirs; `weights=PATH` loads local
+    weights into the named architecture; an untagged name without weights gets random weights, with a warning."""
+    if isinstance(model_or_name, nn.Module):
+        if weights not in (None, False):
+            raise ValueError("weights= is for model names; load weights into the model instance yourself")
+        return model_or_name
+    from .hub import HF_PREFIX, LOCAL_DIR
+    from .registry import create_model, split_name
+
+    if model_or_name.startswith((LOCAL_DIR, HF_PREFIX)):  # the folder's / repo's architecture and its weights
+        if weights not in (None, True):
+            raise ValueError(f"{model_or_name!r} has its own weights; drop weights=, or name an architecture to "
+                             "load other weights into")
+        return create_model(model_or_name)
+    _, tag = split_name(model_or_name)
+    pretrained = (tag is not None) if weights is None else weights
+    if pretrained is False:
+        _log.warning("%s: random weights (pass weights=PATH / --weights PATH, or a name with a tag)", model_or_name)
+    return create_model(model_or_name, pretrained=pretrained)
+
+
 # ----------------------------------------------------------------------------------------------- predictor
 class Predictor:
     """Segment images with a semask model.
@@ -309,12 +379,19 @@ class Predictor:
         mode: "whole" (one forward of the resized image) or "slide" (windows of `crop` every `stride`, overlaps
             averaged). crop defaults to the weights' training crop, stride to 2/3 of it (mmseg's 512/341).
         scales: ratios of the test scale; `MS_RATIOS` with `flip=True` is mmseg's ms+flip (`--aug-test`).
-        dtype: autocast dtype (torch.float16 / bfloat16), None for float32.
+        dtype: autocast dtype (torch.float16 / bfloat16), None to run the model in its own dtype (float32, or
+            what it was cast to: inputs are cast to match).
         test_scale: (long, short) bound of mmseg's keep-ratio resize; default: the weights' preprocessing;
             "original": no resize (each image at its own size, e.g. for data already at the test scale).
         mean, std, classes: override the weights' normalisation and class table (e.g. a training config's).
         dataset: class names / palette ("ade20k", "cityscapes", "coco_stuff10k"); default from the tag or count.
-        max_pixels: inputs above this many pixels raise a ValueError (None: no limit).
+        max_pixels: inputs above this many pixels raise a ValueError (None or 0: no limit).
+
+    Mask-classification models (MaskFormer, Mask2Former, FaPN, MSFaPN) output semantic scores (softmax(class) x
+    sigmoid(mask) summed over queries, detectron2's `semantic_inference`), not logits: views are averaged as scores
+    (as detectron2's test-time augmentation), and `confidence` / `probs` are the scores divided by their sum over the
+    classes at each pixel (no softmax on top, which would flatten them to ~1/K).
+    Inputs with a side below the backbone's smallest (SegFormer's MiT: 29 px) are zero-padded for the forward.
     """
 
     def __init__(self, model_or_name: nn.Module | str, *, weights: bool | str | Path | None = None,
@@ -327,23 +404,33 @@ class Predictor:
             raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive ratios, got {scales!r}")
+        if dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"dtype is the autocast dtype: torch.float16, torch.bfloat16 or None (float32), got "
+                             f"{dtype}; for float64, cast the model yourself (model.double()) and pass dtype=None")
+        max_pixels = check_max_pixels(max_pixels)
+        mean, std = _check_channels("mean", mean), _check_channels("std", std)
+        # a device torch cannot use here fails before the weights are read
+        keep = device is None and isinstance(model_or_name, nn.Module)  # a model instance stays where it is
+        resolved = None if keep else resolve_device(device)
         model = self._build(model_or_name, weights)
-        if device is None and isinstance(model_or_name, nn.Module):
-            self.device = next(model.parameters()).device
-        else:
-            self.device = resolve_device(device)
+        self.device = next(model.parameters()).device if resolved is None else resolved
         self.model = model.to(self.device).eval()
         cfg = self.model.config
+        # MaskFormer / Mask2Former / FaPN: "logits" are semantic scores (>= 0), averaged and normalised as such
+        self.semantic_scores = cfg.decoder not in ("fpn", "segformer")
         pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
         if guessed and not (dataset or classes):  # an untagged model without recorded classes
             _log.warning("%d classes and no recorded dataset: assuming %s (class names, palette, label ids as written "
                          "to label PNGs, preprocessing); pass dataset= / classes= / test_scale= if that is wrong",
                          cfg.num_classes, guessed)
+        if classes is not None and len(classes.names) != cfg.num_classes:
+            raise ValueError(f"classes= has {len(classes.names)} names ({classes.name}) but the model predicts "
+                             f"{cfg.num_classes} classes: pass the class table the model was trained with")
         self.classes = classes or (get_class_info(dataset, cfg.num_classes) if dataset else
                                    model_classes(self.model, self.dataset))
-        self.mean = torch.tensor(mean or pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std or pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean if mean is not None else pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std if std is not None else pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.test_scale = _check_test_scale(test_scale if test_scale is not None else pre["test_scale"])
         crop = crop if crop is not None else pre["crop_size"]
         self.crop = (crop, crop) if isinstance(crop, int) else tuple(int(c) for c in crop)
@@ -351,26 +438,13 @@ class Predictor:
         self.stride = (stride, stride) if isinstance(stride, int) else tuple(int(s) for s in stride)
         _check_slide(self.crop, self.stride)
         self.mode, self.scales, self.flip, self.dtype, self.max_pixels = mode, tuple(scales), flip, dtype, max_pixels
+        # SegFormer's MiT cannot take sides below its key/value reduction (29 px): smaller inputs are zero-padded
+        self.min_side = int(getattr(self.model.backbone, "min_size", 1))
+        self.strides = _stage_strides(cfg)
 
     @staticmethod
     def _build(model_or_name: nn.Module | str, weights: bool | str | Path | None) -> nn.Module:
-        if isinstance(model_or_name, nn.Module):
-            if weights not in (None, False):
-                raise ValueError("weights= is for model names; load weights into the model instance yourself")
-            return model_or_name
-        from .hub import HF_PREFIX, LOCAL_DIR
-        from .registry import create_model, split_name
-
-        if model_or_name.startswith((LOCAL_DIR, HF_PREFIX)):  # the folder's / repo's architecture and its weights
-            if weights not in (None, True):
-                raise ValueError(f"{model_or_name!r} has its own weights; drop weights=, or name an architecture to "
-                                 "load other weights into")
-            return create_model(model_or_name)
-        _, tag = split_name(model_or_name)
-        pretrained = (tag is not None) if weights is None else weights
-        if pretrained is False:
-            _log.warning("%s: random weights (pass weights=PATH or a name with a tag)", model_or_name)
-        return create_model(model_or_name, pretrained=pretrained)
+        return load_model(model_or_name, weights)
 
     def __call__(self, inputs: ImageInput | Sequence[ImageInput], *, probs: bool = False
                  ) -> Prediction | list[Prediction]:
@@ -392,6 +466,7 @@ class Predictor:
         n = 0
         prior_ratio = 1.0 if 1.0 in self.scales else self.scales[0]
         single = len(self.scales) == 1 and not self.flip and not want_probs  # labels straight from one pass
+        scores = self.semantic_scores
         for ratio in self.scales:
             bound = self.test_scale or (max(h, w), min(h, w))  # "original": a bound the image already fits
             scale = [int(s * ratio) for s in bound]
@@ -404,15 +479,18 @@ class Predictor:
                 if ratio == prior_ratio and not flip:
                     priors = [p[0].float().cpu() for p in stage_priors]
                 if single:
-                    conf, labels = _max_softmax(logits[0], (h, w))
+                    conf, labels = _max_softmax(logits[0], (h, w), scores=scores)
                     return self._result(image, labels, conf, priors, None)
                 if total is None:
                     total = logits.new_zeros(logits.shape[1], h, w)  # [K, H, W]
                 # no name holds the resized map, so it is freed before the next view's is made
-                _add_softmax(total, _resize(logits, (h, w))[0], flip=flip)
+                _add_softmax(total, _resize(logits, (h, w))[0], flip=flip, scores=scores)
                 n += 1
         assert total is not None
         avg = total.div_(n) if n > 1 else total  # [K, H, W]
+        if scores:  # the averaged semantic scores, normalised per pixel (in bands: no second [K, H, W] map)
+            for band in _row_bands(avg, 4 << 20):
+                avg[:, band] = _normalise(avg[:, band], scores=True)
         conf, labels = avg.max(0)
         return self._result(image, labels, conf, priors, avg.float().cpu() if want_probs else None)
 
@@ -422,17 +500,30 @@ class Predictor:
                           image=image, priors=priors, classes=self.classes, probs=probs)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits [B, K, h, w] at the input size and the backbone's per-stage prior maps (by a forward hook, so any
-        `Segmentor` works unchanged)."""
+        """Logits [B, K, h, w] at the input size and the backbone's per-stage prior maps [B, K', ceil(h/s_i),
+        ceil(w/s_i)] (by a forward hook, so any `Segmentor` works unchanged).
+
+        Inputs smaller than the backbone's `min_size` (MiT: 29 px, where its key/value reduction conv no longer fits)
+        are zero-padded right/bottom (the mean colour, as mask-classification models pad to a multiple of 32) and
+        the outputs cropped back. Prior maps are cropped to the unpadded input's grid, also where the model pads."""
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_side:
+            x = F.pad(x, (0, max(0, self.min_side - w), 0, max(0, self.min_side - h)))
         captured: list[list[torch.Tensor]] = []
         hook = self.model.backbone.register_forward_hook(lambda _m, _i, out: captured.append(list(out[1])))
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        if self.dtype is not None:
+            context = torch.autocast(self.device.type, dtype=self.dtype)
+        else:  # a model cast to half / bfloat16 / float64 (no autocast) gets its own dtype
+            context = nullcontext()
+            x = x.to(next(self.model.parameters()).dtype)
         try:
-            with autocast:
+            with context:
                 logits = self.model(x, priors=False)["logits"]  # per-stage priors come from the hook
         finally:
             hook.remove()
-        return logits.float(), [p.float() for p in captured[0]] if captured else []
+        priors = [p[..., :-(-h // s), :-(-w // s)].float()
+                  for p, s in zip(captured[0] if captured else [], self.strides, strict=False)]
+        return logits[..., :h, :w].float(), priors
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.mode == "whole":
@@ -451,16 +542,19 @@ class Predictor:
             out, stage = self._forward(x[:, :, y0:y1, x0:x1])
             if logits is None:
                 logits = x.new_zeros(1, out.shape[1], h, w)
-                for i, p in enumerate(stage):
-                    s = 4 * 2 ** i
+                for p, s in zip(stage, self.strides, strict=False):
                     priors.append(x.new_zeros(1, p.shape[1], -(-h // s), -(-w // s)))
                     prior_counts.append(x.new_zeros(1, 1, -(-h // s), -(-w // s)))
             logits[:, :, y0:y1, x0:x1] += out
             count[:, :, y0:y1, x0:x1] += 1
-            for i, p in enumerate(stage):
-                s, (ph, pw) = 4 * 2 ** i, priors[i].shape[-2:]
-                a0, a1 = min(round(y0 / s), ph - 1), min(max(round(y1 / s), round(y0 / s) + 1), ph)
-                b0, b1 = min(round(x0 / s), pw - 1), min(max(round(x1 / s), round(x0 / s) + 1), pw)
+            for i, (p, s) in enumerate(zip(stage, self.strides, strict=False)):
+                ph, pw = priors[i].shape[-2:]
+                # a window at the bottom/right border reaches the last cell (ceil, as its own map): a one-window
+                # slide gives the whole image's priors
+                a0 = min(round(y0 / s), ph - 1)
+                a1 = ph if y1 == h else min(max(round(y1 / s), a0 + 1), ph)
+                b0 = min(round(x0 / s), pw - 1)
+                b1 = pw if x1 == w else min(max(round(x1 / s), b0 + 1), pw)
                 priors[i][:, :, a0:a1, b0:b1] += _resize(p, (a1 - a0, b1 - b0))
                 prior_counts[i][:, :, a0:a1, b0:b1] += 1
         assert logits is not None and bool((count > 0).all()), "sliding windows must cover every pixel"

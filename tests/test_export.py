@@ -25,9 +25,10 @@ EXAMPLE = (256, 320)  # traced size; the checks below use other sizes
 SIZES = [(240, 300), (333, 250)]
 
 
-@pytest.fixture(scope="module", params=["test_semask_swin_fpn", "test_semask_mit_segformer"])
+@pytest.fixture(scope="module", params=["test_semask_swin_fpn", "test_semask_mit_segformer", "test_mit_segformer"])
 def model(request):
-    """The FPN and the SegFormer families."""
+    """The FPN and the SegFormer families (SeMask-MiT and plain SegFormer, whose min_input_size was once 33: below
+    the tracer's guard of 61, so it could not be exported at all)."""
     torch.manual_seed(0)
     m = semask.create_model(request.param).eval()
     randomize_gammas(m)  # the semantic attention must matter for the comparison
@@ -42,7 +43,13 @@ def program(model):
 def _reference(model, x):
     with torch.no_grad():
         out = model(x)
-    return [out["logits"], out["prior_logits"]]
+    return [out[k] for k in ("logits", "prior_logits") if k in out]
+
+
+def _below_program_min(model) -> list[tuple[int, int]]:
+    """Elongated sizes under the .pt2 program's min_size that eager PyTorch takes (MiT: from its 29 px)."""
+    side = max(12, getattr(model.backbone, "min_size", 1))
+    return [(side, 300), (300, side)]
 
 
 def _onnxruntime():
@@ -52,8 +59,10 @@ def _onnxruntime():
 
 
 def _check_program(program, model):
-    """The exported program reproduces eager PyTorch within 1e-4 at SIZES (none of them the traced size)."""
-    for size in SIZES:
+    """The exported program reproduces eager PyTorch within 1e-4 at SIZES (none of them the traced size) and at its
+    smallest size."""
+    low = min_input_size(model)
+    for size in SIZES + [(low, low + 7)]:
         x = torch.randn(1, 3, *size)
         got = program.module()(x)
         assert got[0].shape == (1, 5, *size)
@@ -62,7 +71,9 @@ def _check_program(program, model):
 
 
 def _check_onnx(program, model, path):
-    """The program's ONNX file (opset >= 17), run by onnxruntime, reproduces eager PyTorch within 1e-4 at SIZES."""
+    """The program's ONNX file (opset >= 17), run by onnxruntime, reproduces eager PyTorch within 1e-4 at SIZES and
+    at elongated sizes under the .pt2 program's min_size: the ONNX graph has no shape guard (onnx_segment.py relies
+    on it instead of padding)."""
     ort = _onnxruntime()
     import onnx
 
@@ -72,8 +83,9 @@ def _check_onnx(program, model, path):
     proto = onnx.load(str(path), load_external_data=False)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "prior_logits"]
-    for size in SIZES:
+    names = ["logits", "prior_logits"] if model.config.semantic else ["logits"]
+    assert [o.name for o in session.get_outputs()] == names
+    for size in SIZES + _below_program_min(model):
         x = torch.randn(1, 3, *size)
         got = session.run(None, {"images": x.numpy()})
         for a, b in zip(got, _reference(model, x), strict=True):
@@ -83,8 +95,24 @@ def _check_onnx(program, model, path):
 def test_torch_export_dynamic_shapes(model, program):
     if model.config.backbone == "swin":
         assert not model.backbone.layers[0].blocks[1].attn._bias_cache  # traced through the cache-free path
-    assert min_input_size(model) == (225 if model.config.backbone == "swin" else 161)
+    assert min_input_size(model) == (225 if model.config.backbone == "swin" else 61)
     _check_program(program, model)
+
+
+@pytest.mark.parametrize("arch", ["test_semask_swin_fpn_global", "test_mit_segformer"])
+def test_min_input_size_is_the_tracers_bound(arch):
+    """min_input_size is exact: a program exported down to it runs there; one side less fails, at export (MiT: the
+    key/value reduction of stage 0 must keep 2 tokens) or at run time (Swin: window 4 must leave 2 windows at stride
+    32, the semantic layers' window 5 at stride 8: 129, not 32 x max(windows) + 1 = 161)."""
+    torch.manual_seed(0)
+    model = semask.create_model(arch).eval()
+    low = min_input_size(model)
+    assert low == {"test_semask_swin_fpn_global": 129, "test_mit_segformer": 61}[arch]
+    x = torch.randn(1, 3, low, low + 50)
+    torch.testing.assert_close(export_program(model, example_size=EXAMPLE).module()(x)[0], _reference(model, x)[0],
+                               atol=1e-4, rtol=0)
+    with pytest.raises(RuntimeError):  # torch's UserError (a constraint violation) or its runtime assertion
+        export_program(model, example_size=EXAMPLE, min_size=low - 1).module()(torch.randn(1, 3, low - 1, low + 50))
 
 
 def test_onnx_export_with_onnxruntime(model, program, tmp_path):
@@ -141,38 +169,48 @@ def test_mask_classification_onnx_export_with_onnxruntime(mask_model, mask_progr
     _check_onnx(mask_program, mask_model, tmp_path / "model.onnx")
 
 
-def test_cli_onnx_file_segments_like_the_predictor_without_torch(tmp_path):
+@pytest.mark.parametrize("arch", ["test_semask_swin_fpn", "test_semask_mit_segformer"])
+def test_cli_onnx_file_segments_like_the_predictor_without_torch(tmp_path, arch):
     """`semask export` writes the deployment metadata; examples/onnx_segment.py follows it with numpy, Pillow and
-    onnxruntime alone and writes the Predictor's labels (in the dataset's ids) at the original size."""
+    onnxruntime alone and writes the Predictor's labels (in the dataset's ids) at the original size: also for
+    elongated images that resize below the .pt2 program's min_size (run unpadded: the ONNX graph has no guard; MiT
+    pads below 29 px as the Predictor does) and for 16-bit PNGs (scaled /257 as the Predictor, not clipped)."""
     ort = _onnxruntime()
     torch.manual_seed(0)
-    model = semask.create_model("test_semask_swin_fpn").eval()
+    model = semask.create_model(arch).eval()
     randomize_gammas(model)
     weights = save_pretrained(model, tmp_path / "weights")
     onnx_path = tmp_path / "model.onnx"
-    assert main(["export", "test_semask_swin_fpn", str(onnx_path), "--weights", str(weights), "--size", "256x320"]) == 0
+    assert main(["export", arch, str(onnx_path), "--weights", str(weights), "--size", "256x320"]) == 0
 
     meta = json.loads(ort.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map["semask"])
     predictor = semask.Predictor(model)
-    assert (meta["arch"], meta["num_classes"], meta["label_offset"]) == ("test_semask_swin_fpn", 5, 0)
-    assert meta["input"]["min_size"] == 225 and meta["input"]["test_scale"] == list(predictor.test_scale)
+    assert (meta["arch"], meta["num_classes"], meta["label_offset"]) == (arch, 5, 0)
+    assert meta["input"]["min_size"] == min_input_size(model) and meta["input"]["test_scale"] == list(
+        predictor.test_scale)
+    assert meta["input"]["pad_to_min"] == (29 if "mit" in arch else 1) == predictor.min_side
     for key in ("mean", "std"):
         assert np.allclose(meta["input"][key], getattr(predictor, key).flatten(), rtol=0, atol=1e-5)
     assert meta["class_names"] == list(predictor.classes.names)
 
     rng = np.random.default_rng(0)
-    for h, w in [(240, 300), (700, 500)]:  # resized up to 512 x 640 and down to 717 x 512
+    script = Path(__file__).resolve().parents[1] / "examples" / "onnx_segment.py"
+    # resized up to 512 x 640, down to 717 x 512, and to 103 x 2048 / 12 x 2048 (aspect 20:1 and 167:1)
+    for h, w in [(240, 300), (700, 500), (20, 400), (3, 500)]:
         noise = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
         image = tmp_path / f"{h}x{w}.png"
-        noise.filter(ImageFilter.GaussianBlur(6)).save(image)  # regions, not per-pixel noise
-        out = tmp_path / f"{h}x{w}_labels.png"
-        script = Path(__file__).resolve().parents[1] / "examples" / "onnx_segment.py"
-        subprocess.run([sys.executable, str(script), str(onnx_path), str(image), "--out", str(out)], check=True,
-                       capture_output=True, text=True)
-        got = np.asarray(Image.open(out))
-        ref = predictor(image).labels
-        assert got.shape == (h, w)
-        assert (got == ref).mean() > 0.999  # two runtimes: a float rounding may flip a near-tie
+        noise.filter(ImageFilter.GaussianBlur(min(6, h / 4))).save(image)  # regions, not per-pixel noise
+        grey16 = tmp_path / f"{h}x{w}_16.png"
+        Image.fromarray((np.asarray(noise.convert("L"), np.uint16) * 257 - rng.integers(0, 128, (h, w))).astype(
+            np.uint16)).save(grey16)  # 16-bit: Pillow's convert("RGB") would clip it to white
+        for path in (image, grey16) if h == 240 else (image,):
+            out = tmp_path / f"{path.stem}_labels.png"
+            subprocess.run([sys.executable, str(script), str(onnx_path), str(path), "--out", str(out)], check=True,
+                           capture_output=True, text=True)
+            got = np.asarray(Image.open(out))
+            ref = predictor(path).labels
+            assert got.shape == (h, w)
+            assert (got == ref).mean() > 0.999, (path.name, (got == ref).mean())  # two runtimes: a near-tie may flip
 
 
 def test_example_size_outside_the_program_range_is_a_clear_error(tmp_path, capsys):
@@ -214,3 +252,31 @@ def test_torch_without_deferred_asserts_gets_a_clear_error(monkeypatch, capsys, 
     assert main(["export", "test_swin_fpn", str(tmp_path / "m.onnx")]) == 2
     assert "needs torch >= 2.9" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_loads_weights_as_the_predictor(tmp_path, monkeypatch, capsys, caplog):
+    """A tag exports its published weights or fails with how to get them (it exported random weights under the
+    tag's class names); --weights loads local ones; a bare architecture exports random weights with a warning."""
+    assert main(["export", "semask_swin_tiny_fpn.ade20k", str(tmp_path / "t.pt2")]) == 2
+    assert "not published yet" in capsys.readouterr().err and not (tmp_path / "t.pt2").exists()
+    exported = []  # the dispatch only: a stub traces
+    monkeypatch.setattr("semask.export.export_program", lambda model, example_size: exported.append(model) or "p")
+    monkeypatch.setattr(torch.export, "save", lambda program, path: None)
+    torch.manual_seed(0)
+    trained = semask.create_model("test_swin_fpn").eval()
+    perturb_weights(trained)
+    weights = save_pretrained(trained, tmp_path / "w")
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.pt2"), "--weights", str(weights)]) == 0
+    torch.testing.assert_close(exported[-1].state_dict(), trained.state_dict(), rtol=0, atol=0)
+    with caplog.at_level("WARNING"):
+        assert main(["export", "test_swin_fpn", str(tmp_path / "m.pt2")]) == 0
+    assert "random weights" in caplog.text
+
+
+def test_cli_export_reports_torch_export_failures_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """A tracer failure (here: a minimum below MiT's guard of 61, the old 33) is one clear error, exit code 2."""
+    monkeypatch.setattr("semask.export.min_input_size", lambda model: 33)
+    assert main(["export", "test_mit_segformer", str(tmp_path / "m.pt2"), "--size", "256"]) == 2
+    err = capsys.readouterr().err
+    assert "exporting test_mit_segformer (torch, traced at 256x256) failed in UserError: Constraints violated" in err
+    assert "Traceback" not in err and not (tmp_path / "m.pt2").exists()

@@ -13,6 +13,8 @@ from PIL import Image
 import semask
 from semask.infer import Predictor, load_image, model_preprocessing, rescale_size, slide_windows, to_rgb_list
 
+from .conftest import perturb_weights, randomize_gammas
+
 SMALL = (64, 32)  # test scale (long, short) that keeps the forwards tiny
 
 
@@ -123,6 +125,8 @@ def test_slide_with_crop_at_least_the_image_equals_whole(model):
     slide = Predictor(model, test_scale=SMALL, mode="slide", crop=64, stride=40)(img, probs=True)
     assert torch.equal(whole.probs, slide.probs)
     assert np.array_equal(whole.labels, slide.labels)
+    # the priors too: 32 x 46 -> a 2-cell stride-32 map, once squeezed into round(46/32) = 1 cell
+    assert all(torch.equal(a, b) for a, b in zip(whole.priors, slide.priors, strict=True))
 
 
 @pytest.mark.parametrize("h,w,crop,stride", [(45, 64, (32, 32), (21, 21)), (100, 37, (32, 24), (16, 20)),
@@ -359,3 +363,162 @@ def test_resolve_device_gives_each_rank_its_gpu(monkeypatch):
     assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="only 2 CUDA device"):
         resolve_device("cuda:2")
+
+
+# --- mask classification: semantic scores, priors -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mask_model() -> semask.Segmentor:
+    """Mask2Former off its init (a random head gives near-uniform scores) with the semantic path on; conv_dim 64,
+    as the released models more than one channel per GroupNorm group (see the tiny-input test below)."""
+    torch.manual_seed(0)
+    m = semask.create_model("test_semask_mask2former", conv_dim=64).eval()
+    perturb_weights(m, std=0.3)
+    randomize_gammas(m)
+    return m
+
+
+def _normalised(scores: torch.Tensor) -> torch.Tensor:
+    return scores / scores.sum(0, keepdim=True)
+
+
+def test_mask_classification_scores_are_averaged_and_normalised_not_softmaxed(mask_model):
+    """MaskFormer-family "logits" are semantic scores (softmax(class) x sigmoid(mask) summed over queries): no
+    softmax on top (that flattened confidence to ~1/K); views are averaged as scores (detectron2's TTA), and
+    confidence / probs are the averaged scores over their per-pixel sum. Single-view labels are the scores' argmax."""
+    img = _image(23, 31, seed=2)
+    scales = (0.5, 1.0, 1.5)
+    views = []
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        for r in scales:
+            size = rescale_size(23, 31, (int(SMALL[0] * r), int(SMALL[1] * r)))
+            xs = (F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255) - mean) / std
+            for flip in (False, True):
+                out = F.interpolate(mask_model(xs.flip(-1) if flip else xs)["logits"], size=(23, 31),
+                                    mode="bilinear", align_corners=False)[0]
+                views.append(out.flip(-1) if flip else out)
+    single = Predictor(mask_model, test_scale=SMALL)
+    for pred in (single(img), single(img, probs=True)):  # one view: the fast path and the probability map
+        np.testing.assert_array_equal(pred.labels, views[2].argmax(0).numpy())
+        np.testing.assert_allclose(pred.confidence, _normalised(views[2]).max(0).values.numpy(), rtol=0, atol=1e-5)
+    assert single(img).confidence.mean() > 2 / 5  # 5 classes: a softmax of the scores gave ~1/5 everywhere
+    tta = Predictor(mask_model, test_scale=SMALL, scales=scales, flip=True)(img, probs=True)
+    ref = _normalised(torch.stack(views).mean(0))
+    torch.testing.assert_close(tta.probs, ref, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(tta.labels, ref.argmax(0).numpy())
+    np.testing.assert_allclose(tta.confidence, ref.max(0).values.numpy(), rtol=0, atol=1e-5)
+
+
+def test_large_score_maps_fold_class_chunks_without_a_full_map():
+    """The chunked single pass for semantic scores: a running max and a plain running sum."""
+    from semask.infer import _max_softmax
+
+    scores = torch.rand(7, 29, 13) * torch.rand(7, 1, 1) * 3
+    full = _normalised(F.interpolate(scores[None], size=(61, 40), mode="bilinear", align_corners=False)[0])
+    for budget in (61 * 40 * 4, 3 * 61 * 40 * 4, 10 ** 9):
+        conf, labels = _max_softmax(scores, (61, 40), full_map_bytes=budget, scores=True)
+        assert torch.equal(labels, full.argmax(0))
+        torch.testing.assert_close(conf, full.max(0).values, atol=1e-6, rtol=0)
+
+
+def test_mask_classification_priors_have_the_unpadded_grid(mask_model):
+    """The model pads its input to a multiple of 32: the hooked prior maps are cropped to ceil(h/s) x ceil(w/s) of
+    the unpadded input (as the FPN models' priors), also per sliding window (no squeezing of the padded maps)."""
+    img = _image(100, 150, seed=4)
+    whole = Predictor(mask_model, test_scale="original")(img)
+    assert [tuple(p.shape[1:]) for p in whole.priors] == [(25, 38), (13, 19), (7, 10), (4, 5)]
+    fpn = Predictor(semask.create_model("test_semask_swin_fpn").eval(), test_scale="original")(img)
+    assert [p.shape[1:] for p in fpn.priors] == [p.shape[1:] for p in whole.priors]
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - torch.tensor([123.675, 116.28, 103.53]).view(
+        1, 3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        _, padded = mask_model.backbone(F.pad(x, (0, 10, 0, 28)))  # 128 x 160, as the model pads
+    for got, ref in zip(whole.priors, padded, strict=True):
+        assert torch.equal(got, ref[0, :, :got.shape[1], :got.shape[2]])
+    one_window = Predictor(mask_model, test_scale="original", mode="slide", crop=(128, 160), stride=(64, 80))(img)
+    assert all(torch.equal(a, b) for a, b in zip(one_window.priors, whole.priors, strict=True))
+
+
+def test_mask_classification_tiny_inputs_need_more_than_one_channel_per_group():
+    """GroupNorm(32, C) on a 1 x 1 stride-32 map (inputs up to 32 px, padded to 32) sees one value per group when
+    C = 32: the tiny test configs (conv_dim 32) refuse such inputs, torch's 'Expected more than 1 value per channel'.
+    The released models (conv_dim 256: 8 channels per group) have no such limit; neither has a tiny one with 64."""
+    img = _image(20, 20, seed=1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        Predictor(semask.create_model("test_semask_mask2former").eval(), test_scale="original")(img)
+    wider = semask.create_model("test_semask_mask2former", conv_dim=64).eval()
+    for hw in [(20, 20), (1, 1)]:
+        assert Predictor(wider, test_scale="original")(_image(*hw)).labels.shape == hw
+
+
+# --- argument checks, small inputs, dtypes ---------------------------------------------------------------------
+def test_classes_mean_and_std_must_fit_the_model(model):
+    from semask.data.palettes import get_class_info
+
+    with pytest.raises(ValueError, match="19 names.*predicts 5 classes"):
+        Predictor(model, classes=get_class_info("cityscapes", 19))
+    assert Predictor(model, classes=get_class_info(None, 5)).classes.names == get_class_info(None, 5).names
+    with pytest.raises(ValueError, match="mean needs 3 values"):
+        Predictor(model, mean=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="std needs 3 values.*> 0"):
+        Predictor(model, std=(1, 0, 1))
+    p = Predictor(model, mean=np.array([1.0, 2.0, 3.0]), std=torch.tensor([4.0, 5.0, 6.0]))  # any sequence
+    assert p.mean.flatten().tolist() == [1, 2, 3] and p.std.flatten().tolist() == [4, 5, 6]
+
+
+def test_mit_inputs_below_its_smallest_size_are_padded():
+    """SegFormer's MiT cannot take a side below 29 px (its key/value reduction): the Predictor zero-pads the network
+    input (the mean colour, as the mask-classification models pad) and crops the logits and priors back; it used to
+    fail with the internal size, e.g. a 3 x 500 image resized to 12 x 2048."""
+    torch.manual_seed(0)
+    mit = semask.create_model("test_semask_mit_segformer").eval()
+    randomize_gammas(mit)
+    img = _image(10, 40, seed=6)
+    pred = Predictor(mit, test_scale="original")(img, probs=True)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    x = (x - torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375]).view(
+        1, 3, 1, 1)
+    with torch.no_grad():
+        ref = mit(F.pad(x, (0, 0, 0, 19)))["logits"][0, :, :10]  # 29 x 40
+    torch.testing.assert_close(pred.probs, ref.softmax(0), atol=1e-6, rtol=0)
+    assert [tuple(p.shape[1:]) for p in pred.priors] == [(3, 10), (2, 5), (1, 3), (1, 2)]
+    assert Predictor(mit)(_image(3, 500)).labels.shape == (3, 500)  # resized to 12 x 2048
+    assert Predictor(mit, mode="slide", crop=20, stride=20, test_scale="original")(_image(50, 70)).labels.shape == \
+        (50, 70)
+
+
+def test_dtype_is_an_autocast_dtype_and_cast_models_get_their_dtype(model):
+    for bad in (torch.float64, torch.float32, "bfloat16"):
+        with pytest.raises(ValueError, match="dtype is the autocast dtype"):
+            Predictor(model, dtype=bad)
+    torch.manual_seed(0)
+    bf16 = semask.create_model("test_semask_swin_fpn").eval().to(torch.bfloat16)  # no dtype=: inputs follow
+    pred = Predictor(bf16, test_scale=SMALL)(_image(20, 30))
+    assert pred.labels.shape == (20, 30) and pred.confidence.dtype == np.float32
+
+
+def test_max_pixels_zero_is_no_limit_and_negatives_are_refused(model, tmp_path, capsys):
+    from semask.cli import main
+
+    img = _image(40, 50)
+    assert Predictor(model, test_scale=SMALL, max_pixels=0)(img).labels.shape == (40, 50)  # as the CLI's 0
+    assert load_image(_save(Image.fromarray(img), tmp_path / "a.png"), max_pixels=0).shape == (40, 50, 3)
+    for bad in (-5, 2.5):
+        with pytest.raises(ValueError, match="max_pixels must be a positive pixel count, or 0 / None"):
+            Predictor(model, max_pixels=bad)
+    assert main(["segment", str(tmp_path / "a.png"), "--model", "test_swin_fpn", "--out", str(tmp_path / "o"),
+                 "--max-pixels", "-5"]) == 2
+    assert "max_pixels must be a positive" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["mps", "xpu"])
+def test_devices_torch_cannot_use_here_are_a_clear_error(name, monkeypatch):
+    from semask.devices import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=f"device '{name}'.*not available.*'cpu'"):
+        resolve_device(name)

@@ -247,3 +247,18 @@ def test_offline_segformer_download_names_the_cause(tmp_path: Path, monkeypatch:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(FileNotFoundError, match="pytorch_model.bin.*not in the cache.*HF_HUB_OFFLINE is set"):
         semask.create_model("mit_b0_segformer.ade20k", pretrained=True)
+
+
+def test_stage_sizes_are_the_feature_map_sizes() -> None:
+    """`stage_sizes` (what semask.export.min_input_size derives the program's bound from) is the conv arithmetic the
+    stages do: ceil(n/4), then ceil(./2)."""
+    from semask.backbones.mit import stage_sizes
+
+    model = semask.create_model("test_mit_segformer").eval()
+    cfg = model.config
+    for hw in [(29, 61), (60, 61), (97, 33)]:
+        with torch.no_grad():
+            feats, _ = model.backbone(torch.randn(1, 3, *hw))
+        sizes = [stage_sizes(n, cfg.mit_patch_sizes, cfg.mit_strides) for n in hw]
+        assert [tuple(f.shape[-2:]) for f in feats] == list(zip(*sizes, strict=True))
+        assert sizes[0] == [-(-hw[0] // s) for s in (4, 8, 16, 32)]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from semask.data import ResumableSampler, ade20k, cityscapes, coco_stuff10k, default_splits, folder
+from semask.data.loader import worker_error_message, worker_errors_unwrapped
 from semask.data.transforms import (
     PAPER_RATIOS,
     Pad,
@@ -82,6 +85,75 @@ def test_corrupt_image_size_mismatch_rgb_mask(tmp_path):
         ds.load(2)
 
 
+def test_verify_lists_every_bad_pair_in_one_error(tmp_path):
+    """`verify` checks all pairs (mask values, mode, size against the image's EXIF-aware size; unreadable images) and
+    names every bad file with the valid values. `decode_images=False` (the trainer's check) reads only the images'
+    headers: a truncated image is then left to `load`."""
+    labels = {n: np.zeros((4, 6)) for n in ("a", "b", "c", "d", "e", "f", "g")}
+    labels["d"][0, 0] = 3
+    root = _folder(tmp_path, labels)
+    (root / "images" / "a.png").write_bytes(b"not a png")
+    _save(root / "masks" / "b.png", np.zeros((5, 6), np.uint8))
+    _save(root / "masks" / "c.png", np.zeros((4, 6, 3), np.uint8))
+    exif = Image.Image().getexif()
+    exif[0x0112] = 6  # displayed rotated: 4x6 (WxH); the mask was drawn on the stored 6x4 pixels
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(root / "images" / "f.png", exif=exif)
+    png = (root / "images" / "g.png").read_bytes()
+    (root / "images" / "g.png").write_bytes(png[: png.index(b"IDAT") + 6])  # the header reads, the pixels do not
+    ds = folder(root)
+    assert sorted(ds.pair_problems()) == [0, 1, 2, 3, 5]
+    with pytest.raises(ValueError) as err:
+        ds.verify()
+    text = str(err.value)
+    assert "6 of 7 image/mask pair(s) are bad; valid mask values 0..2, 255 (255 = ignore)" in text
+    for pattern in (r"cannot read image .*a\.png", r"image .*b\.png is 6x4 \(WxH\) but mask .*b\.png is 6x5",
+                    r"c\.png has mode RGB", r"d\.png has label values \[3\]", r"f\.png is 4x6 .*EXIF orientation 6",
+                    r"cannot read image .*g\.png", r"fix or remove these files"):
+        assert re.search(pattern, text), pattern
+    ds.verify([4, 6], decode_images=False)  # the good one, and the truncated one by its header
+    with pytest.raises(ValueError, match=r"cannot read image .*g\.png"):
+        ds.load(6)
+    reduced = folder(root, reduce_zero_label=True)
+    assert reduced.valid_mask_values() == "0..3, 255 (0, 255 = ignore)"
+    assert 3 not in reduced.pair_problems()  # with the zero label reduced, 3 is class 2 (and 0 is ignored)
+    many = _folder(tmp_path / "many", {f"{i:02d}": np.full((2, 2), 9) for i in range(25)})
+    with pytest.raises(ValueError, match=r"25 of 25 image/mask pair\(s\)[\s\S]*19\.png has[\s\S]*\.\.\. and 5 more\n"):
+        folder(many).verify()
+
+
+def test_jpeg_masks_are_named_as_the_problem(tmp_path):
+    root = _folder(tmp_path, {"x": np.zeros((2, 2)), "y": np.zeros((2, 2))})
+    (root / "masks" / "y.png").unlink()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / "masks" / "y.jpg")
+    with pytest.raises(ValueError, match=r"holds 1 \.jpg mask\(s\) \(e\.g\. .*y\.jpg\) but masks must be lossless "
+                                         r"PNG files"):
+        folder(root)
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / "masks" / "y.png")
+    assert len(folder(root)) == 2  # a JPEG beside its PNG (a preview) is not read, and not in the way
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        raise ValueError(f"mask {index}.png is bad:\n  second line")
+
+
+def test_loader_worker_errors_keep_their_message():
+    """The main process re-raises a worker's error as 'Caught ValueError in DataLoader worker process 0. Original
+    Traceback ...'; `worker_errors_unwrapped` gives it back its own (multi-line) message."""
+    loader = torch.utils.data.DataLoader(_Failing(), num_workers=1)
+    with pytest.raises(ValueError) as err, worker_errors_unwrapped():
+        next(iter(loader))
+    assert str(err.value) == "mask 0.png is bad:\n  second line"
+    assert "DataLoader worker process" in str(err.value.__cause__)  # the worker's traceback stays chained
+    same = ValueError("not from a worker")
+    with pytest.raises(ValueError) as err, worker_errors_unwrapped():
+        raise same
+    assert err.value is same and worker_error_message(same) is None
+
+
 def test_empty_and_missing_pairs(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
@@ -92,8 +164,11 @@ def test_empty_and_missing_pairs(tmp_path):
     _save(tmp_path / "masks" / "orphan.png", np.zeros((2, 2), np.uint8))
     with pytest.raises(ValueError, match=r"image without mask: .*lonely\.jpg[\s\S]*mask without image: .*orphan"):
         folder(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"images folder .*nowhere"):
-        folder(tmp_path / "nowhere", classes=["a"])
+    with pytest.raises(FileNotFoundError, match=r"images folder .*masks[/\\]images does not exist"):
+        folder(tmp_path / "masks", classes=["a"])
+    # a missing root is named as such (not as its missing classes.txt)
+    with pytest.raises(FileNotFoundError, match=r"folder dataset root .*nowhere does not exist"):
+        folder(tmp_path / "nowhere")
 
 
 def test_folder_with_split_folders_needs_a_split(tmp_path):

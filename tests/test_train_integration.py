@@ -86,6 +86,43 @@ def test_cli_eval_modes(setup, tmp_path, capsys):
     assert "a size is N or H,W" in capsys.readouterr().err
 
 
+def test_cli_eval_follows_the_configs_protocol(setup, tmp_path, capsys):
+    """Without flags `semask eval --config` predicts as the run's periodic evaluations did (eval_mode, eval_crop,
+    eval_stride, eval_tta); each flag overrides its key (--no-tta turns the config's TTA off)."""
+    model, dataset = setup
+    save_pretrained(model, tmp_path / "weights")
+    cfg = tiny_config(dataset.pairs[0][0].parents[2], tmp_path / "run", model_overrides=dict(TINY), eval_mode="slide",
+                      eval_crop=16, eval_stride=8, eval_tta=True)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    results, printed = {}, {}
+    for name, flags in {"config": [], "flags": ["--mode", "slide", "--crop", "16", "--stride", "8", "--tta"],
+                        "whole": ["--mode", "whole", "--no-tta"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(tmp_path / "weights"), "--json", str(out),
+                     *flags]) == 0
+        results[name], printed[name] = json.loads(out.read_text()), capsys.readouterr().out
+    assert "slide (crop 16, stride 8), scales 0.5, 0.75, 1, 1.25, 1.5, 1.75, flip" in printed["config"]
+    assert _same(results["config"], results["flags"])
+    assert "images; whole; test scale" in printed["whole"]
+    assert results["whole"]["mIoU"] == pytest.approx(_metrics(model, dataset)["mIoU"])
+
+
+@pytest.mark.parametrize("arch", ["test_semask_mask2former", "test_semask_maskformer"])
+def test_bf16_autocast_trains_mask_classification_models(tmp_path, arch):
+    """Autocast outputs reach the set criterion in float32, the deep supervision (`aux_outputs`, a list of dicts)
+    included: bf16 used to fail in the matcher with 'expected scalar type BFloat16 but found Float'."""
+    pytest.importorskip("scipy", reason="Hungarian matching needs scipy (the train extra)")
+    root = tiny_data(tmp_path / "data", train=2, val=1, size=64)  # stride 32 must leave > 1 pixel for GroupNorm
+    config = tiny_config(root, tmp_path / "out", model=arch, model_overrides={}, iters=1, amp="bf16",
+                         eval_interval=100, ckpt_interval=100)
+    config.data.crop_size, config.data.scale = (64, 64), (64, 64)
+    trainer = Trainer(config, progress=False)
+    trainer.fit()
+    train = [r for r in trainer.records if "loss" in r]
+    assert len(train) == 1 and np.isfinite(train[0]["loss"]) and "loss_ce_0" in train[0]
+
+
 def test_parse_size_and_protocol_errors():
     assert (parse_size("512"), parse_size("512,1024"), parse_size(None)) == (512, (512, 1024), None)
     with pytest.raises(ValueError, match="'whole' or 'slide'"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def reference(data_root, tmp_path_factory):
 def _losses(out: Path) -> list[tuple[int, float]]:
     recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return [(r["iter"], r["loss"]) for r in recs if "loss" in r]
+
+
+def _evaluations(out: Path) -> list[tuple[int, float]]:
+    recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["mIoU"]) for r in recs if "mIoU" in r]
 
 
 def test_run_writes_logs_curves_checkpoints_and_weights(reference):
@@ -114,6 +120,8 @@ def test_ctrl_c_saves_and_resumes_exactly(data_root, reference, tmp_path):
     second = Trainer(tiny_config(data_root, tmp_path), progress=False)
     second.fit()
     assert _losses(tmp_path) == _losses(ref_out)
+    # the stop skipped the evaluation due at 3 (the checkpoint comes first); the resumed run made it up
+    assert _evaluations(tmp_path) == _evaluations(ref_out) and [i for i, _ in _evaluations(ref_out)] == [3, 6]
     assert all(torch.equal(a, b) for a, b in zip(ref_trainer.module.state_dict().values(),
                                                  second.module.state_dict().values(), strict=True))
 
@@ -186,13 +194,24 @@ def test_config_type_and_range_errors_name_the_key():
                               ("amp=fp32", r"amp must be one of \['no', 'bf16', 'fp16'\]"),
                               ("data.type=voc", "data.type must be one of"),
                               ("data.crop_size=[0,8]", "positive sizes"),
-                              ("eval_crop=abc", "eval_crop must be int or a list of 2 ints or null")]:
+                              ("eval_crop=abc", "eval_crop must be int or a list of 2 ints or null"),
+                              # values that train wrongly, or fail only at the end of the run
+                              ("clip_grad=-1.0", r"clip_grad must be > 0 or null \(no clipping\), got -1\.0"),
+                              ("clip_grad=0", r"clip_grad must be > 0 or null"),
+                              ("poly_power=-1", "poly_power must be >= 0, got -1.0"),
+                              ("ohem_min_kept=-5", r"ohem_min_kept must be >= 1 or null \(no OHEM\), got -5"),
+                              ("warmup_ratio=5", r"warmup_ratio must be in \[0, 1\], got 5\.0"),
+                              ("weight_decay=-0.1", "weight_decay must be >= 0"),
+                              ("prior_loss_weight=-1", "prior_loss_weight must be >= 0"),
+                              ("lr=.nan", "lr must be > 0, got nan"),
+                              ("data.flip=2", r"data\.flip must be in \[0, 1\]")]:
         with pytest.raises(ValueError, match=message):
             load_config(None, [override])
     cfg = load_config(None, ["iters=1e4", "lr=2e-4", "eval_crop=512", "data.train_split=2017", "clip_grad=null",
-                             "grad_checkpointing=yes", "data.ratio_range=[0.5, 2]"])
+                             "grad_checkpointing=yes", "data.ratio_range=[0.5, 2]", "ohem_min_kept=100000",
+                             "poly_power=0", "warmup_ratio=1", "weight_decay=0", "prior_loss_weight=0"])
     assert (cfg.iters, cfg.lr, cfg.eval_crop, cfg.data.train_split, cfg.clip_grad, cfg.grad_checkpointing,
-            cfg.data.ratio_range) == (10000, 2e-4, 512, "2017", None, True, (0.5, 2.0))
+            cfg.data.ratio_range, cfg.ohem_min_kept) == (10000, 2e-4, 512, "2017", None, True, (0.5, 2.0), 100000)
     assert main(["train", "batch_size=0"]) == 2  # the CLI reports it, nothing is built
 
 
@@ -330,3 +349,232 @@ def test_resume_from_an_older_checkpoint_refuses_to_mix_runs(data_root, referenc
                    progress=False).iteration == 6  # the newest itself is fine
     (tmp_path / "checkpoints" / "iter_0000006.pt").rename(tmp_path / "iter_0000006.pt")
     assert Trainer(tiny_config(data_root, tmp_path, resume=str(older)), progress=False).iteration == 4
+
+
+def _copy(data_root: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(data_root, tmp_path / "data"))
+
+
+def _edit_mask(path: Path, edit) -> None:
+    import numpy as np
+    from PIL import Image
+
+    mask = np.array(Image.open(path))
+    Image.fromarray(edit(mask).astype(np.uint8)).save(path)
+
+
+def test_bad_masks_fail_before_training_naming_every_file(data_root, tmp_path, capsys):
+    """Every mask (training and validation) is checked when the trainer is built: one error names all bad files and
+    the valid values, before anything is trained or written (not at the first evaluation, 8000 iterations in)."""
+    import numpy as np
+
+    data = _copy(data_root, tmp_path)
+    _edit_mask(data / "masks" / "val" / "0001.png", lambda m: np.where(np.arange(m.size).reshape(m.shape) == 0, 9, m))
+    _edit_mask(data / "masks" / "train" / "0002.png", lambda m: np.maximum(m, 7))
+    _edit_mask(data / "masks" / "train" / "0005.png", lambda m: m[:20])
+    cfg = tiny_config(data, tmp_path / "run", iters=8, eval_interval=4, ckpt_interval=4)
+    with pytest.raises(ValueError, match=r"bad data \(nothing was trained\)") as err:
+        Trainer(cfg, progress=False)
+    text = str(err.value)
+    assert "training data, folder dataset" in text and "2 of 8 image/mask pair(s) are bad" in text
+    assert "validation data" in text and "1 of 4 image/mask pair(s) are bad" in text
+    assert "valid mask values 0..4, 255 (255 = ignore)" in text
+    assert re.search(r"train[/\\]0002\.png has label values \[7\]", text)
+    assert re.search(r"val[/\\]0001\.png has label values \[9\]", text)
+    assert re.search(r"image .*0005\.png is 32x32 \(WxH\) but mask .*0005\.png is 32x20", text)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    assert main(["train", "--config", str(cfg_file)]) == 2
+    assert "0002.png has label values [7]" in capsys.readouterr().err
+
+
+def test_checkpoint_is_saved_before_an_evaluation_that_fails(data_root, tmp_path):
+    """Where a checkpoint and an evaluation fall on one iteration the checkpoint comes first: an evaluation that
+    fails loses no training; the resumed run evaluates that iteration before going on, so its log (and losses) are
+    the uninterrupted run's. A successful evaluation is saved into that checkpoint too (a resume need not repeat it)."""
+    cfg = dict(iters=4, eval_interval=2, ckpt_interval=2)
+    Trainer(tiny_config(data_root, tmp_path / "ref", **cfg), progress=False).fit()
+
+    def broken_evaluation(*args, **kwargs):
+        raise _Crash("evaluation failed")
+
+    first = Trainer(tiny_config(data_root, tmp_path / "run", **cfg), progress=False)
+    first.evaluate = broken_evaluation
+    with pytest.raises(_Crash):
+        first.fit()
+    assert [i for i, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
+    Trainer(tiny_config(data_root, tmp_path / "run", **cfg), progress=False).fit()
+
+    def log(out: Path) -> list[tuple]:
+        recs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        return [(r["iter"], r.get("loss"), r.get("mIoU")) for r in recs]
+
+    assert log(tmp_path / "run") == log(tmp_path / "ref")  # train 1, 2, eval 2, train 3, 4, eval 4: each once
+    assert [r[0] for r in log(tmp_path / "run") if r[2] is not None] == [2, 4]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000004.pt")["last_eval"]["iter"] == 4
+
+
+def test_a_run_stopped_at_its_last_iteration_completes_when_run_again(data_root, tmp_path):
+    """Ctrl-C in the last iteration: the checkpoint is saved, the final evaluation and weights are not; running the
+    same config again evaluates once (logged and kept in the checkpoint) and writes the final weights."""
+    def ctrl_c_at_2(trainer, rec):
+        if rec["iter"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = dict(iters=2, eval_interval=2, ckpt_interval=2)
+    first = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False, callbacks=[ctrl_c_at_2])
+    assert first.fit() == {} and first.stopped and not (tmp_path / "final").exists()
+    metrics = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False).fit()
+    assert "mIoU" in metrics and (tmp_path / "final" / "model.safetensors").is_file()
+    assert _evaluations(tmp_path) == [(2, metrics["mIoU"])]
+    assert load_checkpoint(tmp_path / "checkpoints" / "iter_0000002.pt")["last_eval"]["iter"] == 2
+    again = Trainer(tiny_config(data_root, tmp_path, **cfg), progress=False)
+    again.evaluate = None  # the evaluation is kept: a third run does not repeat it
+    assert json.dumps(again.fit(), sort_keys=True) == json.dumps(metrics, sort_keys=True)
+    assert len(_evaluations(tmp_path)) == 1
+
+
+def test_cli_ctrl_c_exits_130_without_claiming_final_weights(data_root, tmp_path, capsys, monkeypatch):
+    """A run stopped by Ctrl-C is incomplete: the command fails (130 = 128 + SIGINT) and names no final weights."""
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps(tiny_config(data_root, tmp_path / "run").to_dict()))
+    step = Trainer._optimizer_step
+
+    def step_then_ctrl_c(self):
+        step(self)
+        os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler: finish the iteration, save, stop
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_ctrl_c)
+    assert main(["train", "--config", str(cfg_file)]) == 130
+    out, err = capsys.readouterr()
+    assert "weights:" not in out and "stopped at iteration 1 of 6: resume with the same command" in err
+    assert not (tmp_path / "run" / "final").exists()
+    assert (tmp_path / "run" / "checkpoints" / "iter_0000001.pt").is_file()
+    monkeypatch.undo()
+    assert main(["train", "--config", str(cfg_file)]) == 0
+    assert f"weights: {tmp_path / 'run' / 'final'}" in capsys.readouterr().out
+
+
+def test_trainer_starts_from_configured_weights(data_root, tmp_path, monkeypatch):
+    """`pretrained` (bool or weights) and `pretrained_backbone` (bool or a file) as create_model takes them: the
+    library's own hints (pretrained=True for a `*_init` tag, pretrained_backbone=/path/swin.pth) are valid configs."""
+    import semask
+    import semask.registry
+    from tests._trainkit import TINY
+
+    assert load_config(None, ["pretrained=true"]).pretrained is True
+    assert load_config(None, ["pretrained=hf-hub:o/r@v1"]).pretrained == "hf-hub:o/r@v1"
+    assert load_config(None, ["pretrained_backbone=/p/swin.pth"]).pretrained_backbone == "/p/swin.pth"
+    with pytest.raises(ValueError, match="pretrained=True and pretrained_backbone=True exclude each other"):
+        load_config(None, ["pretrained=true", "pretrained_backbone=true"])
+    # whole-model weights: a weights folder
+    source = semask.create_model("test_semask_swin_fpn", num_classes=5, **TINY)
+    semask.save_pretrained(source, tmp_path / "w")
+    trainer = Trainer(tiny_config(data_root, tmp_path / "a", pretrained=str(tmp_path / "w")), progress=False)
+    for k, v in source.state_dict().items():
+        assert torch.equal(trainer.module.state_dict()[k], v), k
+    # an ImageNet backbone: a timm-layout Swin file
+    from safetensors.torch import save_file
+    from timm.models.swin_transformer import SwinTransformer
+
+    swin = SwinTransformer(img_size=32, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4)
+    save_file(swin.state_dict(), tmp_path / "swin.safetensors")
+    trainer = Trainer(tiny_config(data_root, tmp_path / "b", pretrained_backbone=str(tmp_path / "swin.safetensors")),
+                      progress=False)
+    assert torch.equal(trainer.module.backbone.patch_embed.proj.weight, swin.patch_embed.proj.weight)
+    # pretrained=True reaches create_model as True (the tag's published weights; offline here, so stop there)
+    seen = {}
+
+    def spy(name, **kwargs):
+        seen.update(kwargs, name=name)
+        raise _Crash
+
+    monkeypatch.setattr(semask.registry, "create_model", spy)
+    with pytest.raises(_Crash):
+        Trainer(tiny_config(data_root, tmp_path / "c", model="test_semask_swin_fpn.x_init", pretrained=True),
+                progress=False)
+    assert seen["name"] == "test_semask_swin_fpn.x_init" and seen["pretrained"] is True
+    assert seen["pretrained_backbone"] is False and seen["num_classes"] == 5
+
+
+def test_eval_of_another_models_checkpoint_is_a_clear_error(data_root, reference, tmp_path, capsys):
+    """`semask eval --checkpoint` of a run with another model: one line naming both models, not a traceback."""
+    ref_out, _, _ = reference
+    ckpt = ref_out / "checkpoints" / "iter_0000006.pt"
+    cfg = tiny_config(data_root, tmp_path, model="test_semask_swin_fpn_global")
+    with pytest.raises(ValueError, match=r"iter_0000006\.pt is for another model: it was trained with model="
+                                         r"test_semask_swin_fpn, this config builds model=test_semask_swin_fpn_global"
+                                         r".*Evaluate it with the config it was trained with"):
+        evaluate_checkpoint(cfg, ckpt)
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "is for another model" in err and "Traceback" not in err and len(err) < 1500
+
+
+def test_resume_after_the_class_list_changed_names_both_counts(data_root, reference, tmp_path):
+    """The dataset lost classes since the checkpoint was written: the error says 5 classes vs 3 (not 'trained with
+    model=X, this run builds model=X')."""
+    import shutil
+
+    ref_out, _, _ = reference
+    data = _copy(data_root, tmp_path)
+    (data / "classes.txt").write_text("background\nstriped disc\nsquare\n")
+    for mask in (data / "masks").rglob("*.png"):
+        _edit_mask(mask, lambda m: m.clip(0, 2))
+    shutil.copytree(ref_out / "checkpoints", tmp_path / "run" / "checkpoints")
+    with pytest.raises(ValueError, match=r"iter_0000006\.pt is for another dataset: it has 5 classes \['background', "
+                                         r"'striped disc', .*\] but folder dataset .* has 3 \['background', 'striped "
+                                         r"disc', 'square'\]\. Restore that class list to resume"):
+        Trainer(tiny_config(data, tmp_path / "run"), progress=False)
+    old = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_0000006.pt")
+    del old["classes"]  # a checkpoint from before the class list was kept
+    atomic_save(old, tmp_path / "run" / "checkpoints" / "iter_0000006.pt")
+    with pytest.raises(ValueError, match=r"tensor\(s\) differ.*has 3 classes: was it trained on another class list"):
+        Trainer(tiny_config(data, tmp_path / "run"), progress=False)
+
+
+def test_cli_reports_a_loader_workers_error_by_its_message(data_root, tmp_path, capsys):
+    """An error in a DataLoader worker (a truncated image: its header reads, its pixels do not) is reported by its
+    own message, not as 'Caught ValueError in DataLoader worker process 0. Original Traceback ...'."""
+    data = _copy(data_root, tmp_path)
+    for image in (data / "images" / "train").iterdir():
+        image.write_bytes(image.read_bytes()[:200])
+    cfg = tiny_config(data, tmp_path / "run")
+    cfg.data.num_workers = 1
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict()))
+    assert main(["train", "--config", str(cfg_file)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"semask train: error: cannot read image .*\.png", err), err
+    assert "DataLoader worker" not in err and "Traceback" not in err
+
+
+def test_config_file_and_override_syntax_errors_name_the_source(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: test_semask_swin_fpn\niters: [1\n")
+    with pytest.raises(ValueError, match=r"config file .*bad\.yaml is not valid YAML: line 3, column 1: expected ',' "
+                                         r"or '\]'.*\(while parsing a flow sequence at line 2, column 8\)"):
+        load_config(bad)
+    with pytest.raises(ValueError, match=r"override 'data\.crop_size=\[32,': the value is not valid YAML"):
+        load_config(None, ["data.crop_size=[32,"])
+    (tmp_path / "bad.json").write_text('{"iters": }')
+    with pytest.raises(ValueError, match=r"config file .*bad\.json is not valid JSON: Expecting value: line 1"):
+        load_config(tmp_path / "bad.json")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_data_root_missing_or_unset_is_named(data_root, tmp_path):
+    cfg = tiny_config(tmp_path / "nowhere", tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"data\.root '.*nowhere' does not exist"):
+        Trainer(cfg, progress=False)
+    cfg.data.root = ""
+    with pytest.raises(ValueError, match=r"data\.root is not set \(pass data\.root=FOLDER"):
+        Trainer(cfg, progress=False)
+    with pytest.raises(ValueError, match=r"data\.root is not set"):
+        evaluate_checkpoint(cfg, tmp_path / "x.pt")

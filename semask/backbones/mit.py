@@ -202,15 +202,21 @@ class MiTBackbone(nn.Module):
         return feats, priors
 
 
+def stage_sizes(n: int, patch_sizes: Sequence[int], strides: Sequence[int]) -> list[int]:
+    """Side length of each stage's map for an input side `n`: the patch embeddings' conv arithmetic (padding k//2),
+    e.g. ceil(n/4), then ceil(./2) per stage for SegFormer's k7/s4, k3/s2."""
+    sizes = []
+    for k, s in zip(patch_sizes, strides, strict=True):
+        n = (n + 2 * (k // 2) - k) // s + 1
+        sizes.append(n)
+    return sizes
+
+
 def _min_input_size(patch_sizes: Sequence[int], strides: Sequence[int], sr_ratios: Sequence[int]) -> int:
     """Smallest side length every stage can take: each patch embedding (padding k//2) must leave a map of at least
     `sr_ratio` tokens for the k=s=sr_ratio reduction conv (29 for SegFormer's B0-B5)."""
     def fits(n: int) -> bool:
-        for k, s, r in zip(patch_sizes, strides, sr_ratios, strict=True):
-            n = (n + 2 * (k // 2) - k) // s + 1
-            if n < max(r, 1):
-                return False
-        return True
+        return all(m >= max(r, 1) for m, r in zip(stage_sizes(n, patch_sizes, strides), sr_ratios, strict=True))
 
     return next(n for n in range(1, 1 << 16) if fits(n))
 

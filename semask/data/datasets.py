@@ -4,13 +4,17 @@ A dataset is a list of (image, mask) file pairs plus a label mapping; `load(i)` 
 {"image": uint8 [H, W, 3] RGB, "label": uint8 [H, W] (class ids, 255 = ignore), "path": str}. Bad data raises a
 ValueError naming the file: unreadable images, masks that are not single-channel, image/mask size mismatches,
 label values outside [0, num_classes) other than 255; missing pairs and empty datasets are reported when the
-dataset is built, never skipped silently. Images are read with their EXIF orientation applied (as at inference),
-masks as stored.
+dataset is built, never skipped silently. `verify()` checks every pair at once and lists all bad files; the trainer
+runs it on the masks and the images' headers before the first iteration. Images are read with their EXIF orientation
+applied (as at inference), masks as stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from .palettes import ClassInfo, generate_palette, get_class_info
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION = 0x0112  # 1 = stored upright; 2-8 = flip / rotate when displayed
+_MAX_LISTED = 20  # bad files listed by name in one `verify` error (the rest are counted)
 # Cityscapes labelIds -> the 19 train ids (cityscapesScripts `labels.py`); every other id is ignored.
 _CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                          26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
@@ -58,6 +63,31 @@ def _read_image(path: str | Path) -> tuple[np.ndarray, int]:
             return np.asarray(upright.convert("RGB")), orientation
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _image_size(path: str | Path) -> tuple[tuple[int, int], int]:
+    """((H, W) as `read_image` returns the image, EXIF orientation tag) from the file's header, without decoding."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # A PNG's getexif() decodes the whole image when no eXIf chunk precedes the pixels: one that has none
+            # there is untagged (eXIf must come before IDAT).
+            tagged = im.format != "PNG" or "exif" in im.info
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1) if tagged else 1
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    return ((w, h) if orientation in (5, 6, 7, 8) else (h, w)), orientation  # 5-8 transpose on reading
+
+
+def _value_ranges(values: Iterable[int]) -> str:
+    """[0, 1, 2, 255] -> '0..2, 255'."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -135,10 +165,62 @@ class SegmentationDataset:
         sample["label"] = label
         return sample
 
-    def verify(self) -> None:
-        """Read every pair once (raises on the first bad file)."""
-        for i in range(len(self)):
-            self.load(i)
+    def _mapped(self) -> np.ndarray:
+        """Each of the 256 stored mask values as a training label (the `lut`, or the identity)."""
+        return self.lut if self.lut is not None else np.arange(256, dtype=np.uint8)
+
+    def valid_mask_values(self) -> str:
+        """The stored mask values this dataset accepts, e.g. '0..2, 255 (255 = ignore)'."""
+        mapped = self._mapped()
+        valid = np.flatnonzero((mapped == IGNORE_INDEX) | (mapped < self.num_classes))
+        return f"{_value_ranges(valid)} ({_value_ranges(np.flatnonzero(mapped == IGNORE_INDEX))} = ignore)"
+
+    def pair_problem(self, index: int, *, decode_images: bool = False) -> str | None:
+        """What is wrong with pair `index` (a mask that is unreadable, not single-channel, not the image's size or
+        with values outside the classes; an unreadable image), or None. Reads the mask, and the image's header only
+        unless `decode_images`."""
+        image_path, mask_path = self.pairs[index]
+        try:
+            if decode_images:
+                image, orientation = _read_image(image_path)
+                image_hw = image.shape[:2]
+            else:
+                image_hw, orientation = _image_size(image_path)
+            if mask_path is None:
+                return None
+            raw = read_mask(mask_path)
+        except ValueError as err:
+            return str(err)
+        if raw.shape != image_hw:
+            return _size_mismatch(image_path, image_hw, mask_path, raw.shape, orientation)
+        mapped = self._mapped()
+        invalid = (mapped != IGNORE_INDEX) & (mapped >= self.num_classes)
+        bad = np.flatnonzero((np.bincount(raw.ravel(), minlength=256) > 0) & invalid)
+        return f"mask {mask_path} has label values {bad[:10].tolist()}" if bad.size else None
+
+    def pair_problems(self, indices: Iterable[int] | None = None, *, decode_images: bool = False) -> dict[int, str]:
+        """{index: problem} over `indices` (default: every pair), as `pair_problem`; files are read by a few
+        threads (decoding releases the GIL)."""
+        indices = list(range(len(self)) if indices is None else indices)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = pool.map(functools.partial(self.pair_problem, decode_images=decode_images), indices)
+        return {i: p for i, p in zip(indices, found, strict=True) if p is not None}
+
+    def describe_problems(self, problems: dict[int, str]) -> str:
+        """One message for `pair_problems`' result: the dataset, the valid mask values, the first files by name."""
+        lines = [f"  {problems[i]}" for i in sorted(problems)[:_MAX_LISTED]]
+        if len(problems) > _MAX_LISTED:
+            lines.append(f"  ... and {len(problems) - _MAX_LISTED} more")
+        return (f"{self.name}: {len(problems)} of {len(self)} image/mask pair(s) are bad; valid mask values "
+                f"{self.valid_mask_values()}:\n" + "\n".join(lines))
+
+    def verify(self, indices: Iterable[int] | None = None, *, decode_images: bool = True) -> None:
+        """Check every pair (or those of `indices`) as `pair_problems`: one ValueError lists all bad files.
+        `decode_images=False` reads only the images' headers (the trainer's check before training: masks are
+        small to decode, photos are not)."""
+        problems = self.pair_problems(indices, decode_images=decode_images)
+        if problems:
+            raise ValueError(self.describe_problems(problems) + "\nfix or remove these files, or fix the class list")
 
 
 def _size_mismatch(image_path: Path, image_hw: tuple[int, ...], mask_path: Path, mask_hw: tuple[int, ...],
@@ -263,6 +345,8 @@ def folder(root: str | Path, split: str | None = None, *, classes: Sequence[str]
     sub-folders are part of the names) unless it holds split folders (`train`, `val`, ...): then `split` must name one,
     so that one split's images are never read as another's."""
     root = Path(root)
+    if not root.is_dir():  # before the class list, which would be reported missing instead
+        raise FileNotFoundError(f"folder dataset root {root} does not exist")
     if split is None and folder_splits(root):
         raise ValueError(f"{root / 'images'} holds split folders {folder_splits(root)}: pass split= one of them (a "
                          "training config: data.train_split=... and data.val_split=...)")
@@ -273,13 +357,33 @@ def folder(root: str | Path, split: str | None = None, *, classes: Sequence[str]
     else:
         name = f"folder dataset {root}"
     sub = Path(split) if split else Path()
-    imgs = _listdir(_require_dir(root / "images" / sub, "images"), IMAGE_SUFFIXES)
-    masks = _listdir(_require_dir(root / "masks" / sub, "masks"), (".png",))
     base_i, base_m = root / "images" / sub, root / "masks" / sub
-    pairs = match_pairs(imgs, masks, image_key=lambda p: p.relative_to(base_i).with_suffix("").as_posix(),
-                        mask_key=lambda p: p.relative_to(base_m).with_suffix("").as_posix(), name=name)
+    imgs = _listdir(_require_dir(base_i, "images"), IMAGE_SUFFIXES)
+    masks = _listdir(_require_dir(base_m, "masks"), (".png",))
+
+    def image_key(p: Path) -> str:  # the path under images/[split] without the suffix
+        return p.relative_to(base_i).with_suffix("").as_posix()
+
+    def mask_key(p: Path) -> str:
+        return p.relative_to(base_m).with_suffix("").as_posix()
+
+    _refuse_lossy_masks(base_m, {image_key(p) for p in imgs}, {mask_key(p) for p in masks}, mask_key, name)
+    pairs = match_pairs(imgs, masks, image_key=image_key, mask_key=mask_key, name=name)
     return SegmentationDataset(pairs, classes, lut=reduce_zero_label_lut() if reduce_zero_label else None, name=name,
                                label_offset=int(reduce_zero_label))
+
+
+def _refuse_lossy_masks(folder: Path, image_keys: set[str], png_keys: set[str], mask_key: Callable[[Path], str],
+                        name: str) -> None:
+    """Masks saved as JPEG (or another non-PNG image format) for images that have no PNG mask: one error saying so,
+    not 'image without mask' for each (only PNG masks are read)."""
+    lossy = [p for p in _listdir(folder, IMAGE_SUFFIXES) if p.suffix.lower() != ".png"
+             and mask_key(p) in image_keys and mask_key(p) not in png_keys]
+    if lossy:
+        kinds = sorted({p.suffix.lower() for p in lossy})
+        raise ValueError(f"{name}: {folder} holds {len(lossy)} {'/'.join(kinds)} mask(s) (e.g. {lossy[0]}) but masks "
+                         "must be lossless PNG files (JPEG compression changes the class ids along edges); save the "
+                         "label maps as PNG (mode L or P) from their originals")
 
 
 DATASETS = {"ade20k": ade20k, "cityscapes": cityscapes, "coco_stuff10k": coco_stuff10k, "folder": folder}

@@ -8,7 +8,9 @@ epoch and its position in the epoch's global order — never of the worker, the 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -69,6 +71,36 @@ def collate(batch: list[dict]) -> dict:
     if "label" in batch[0]:
         out["label"] = torch.stack([b["label"] for b in batch])
     return out
+
+
+# How the main process re-raises a worker's exception (torch.utils.data's ExceptionWrapper.reraise).
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def worker_error_message(err: BaseException) -> str | None:
+    """The message a DataLoader worker raised `err` with, or None if `err` is not a worker's error. The main
+    process re-raises it as 'Caught ValueError in DataLoader worker process 1. Original Traceback ...': the
+    message is the text after the traceback's last 'ValueError: '."""
+    text = str(err)
+    head = _WORKER_ERROR.match(text)
+    if head is None:
+        return None
+    # The last line naming the type (module-qualified for non-builtin types) starts the message, which may span lines.
+    starts = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(head.group(1))}: ", text, re.M))
+    return text[starts[-1].end():].rstrip() if starts else None
+
+
+@contextlib.contextmanager
+def worker_errors_unwrapped() -> Iterator[None]:
+    """Re-raise an exception from a DataLoader worker with the worker's own message (e.g. a bad file), chained to
+    the worker's traceback, so that a command line that prints `str(err)` prints that message."""
+    try:
+        yield
+    except Exception as err:
+        message = worker_error_message(err)
+        if message is None:
+            raise
+        raise type(err)(message) from err
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -45,8 +45,13 @@ class DataConfig:
 class TrainConfig:
     model: str = "semask_swin_tiny_fpn"  # arch or arch.tag
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {drop_path_rate: 0.3}
-    pretrained: str | None = None  # semask weights folder / safetensors / original .pth to start from
-    pretrained_backbone: bool = False  # ImageNet-initialised backbone (create_model(..., pretrained_backbone=True))
+    # Whole-model weights to start from, as create_model(pretrained=...): true (the tag's published weights, e.g.
+    # model=semask_mit_b4_segformer.segformer_ade20k_init), hf-hub:owner/repo@rev, a semask weights folder /
+    # safetensors file, or an original .pth
+    pretrained: bool | str | None = None
+    # ImageNet backbone init, as create_model(pretrained_backbone=...): true (the paper's, from the hub),
+    # hf-hub:owner/repo@rev, or a local timm .safetensors / Microsoft or timm .pth
+    pretrained_backbone: bool | str = False
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "work_dirs/semask"
     iters: int = 80000
@@ -181,11 +186,22 @@ def _check_types(obj: Any, where: str) -> None:
             setattr(obj, f.name, _convert_key(f, hints[f.name], value, where))
 
 
-# Range and choice rules checked by `validate_config` (after the types).
+# Range and choice rules checked by `validate_config` (after the types). A null value of an optional key passes
+# (`_NULL_MEANS` says what null does, for the error message); NaN fails every range.
 _AT_LEAST = {"iters": 1, "batch_size": 1, "accum_steps": 1, "eval_interval": 1, "ckpt_interval": 1,
-             "log_interval": 1, "keep_last": 1, "warmup_iters": 0, "data.num_workers": 0}
+             "log_interval": 1, "keep_last": 1, "warmup_iters": 0, "data.num_workers": 0,
+             "weight_decay": 0, "poly_power": 0, "prior_loss_weight": 0, "ohem_min_kept": 1}
+_ABOVE = {"lr": 0, "clip_grad": 0}  # strictly
+_BETWEEN = {"warmup_ratio": (0, 1), "data.flip": (0, 1), "data.cat_max_ratio": (0, 1)}  # inclusive
+_NULL_MEANS = {"clip_grad": "no clipping", "ohem_min_kept": "no OHEM"}
 _CHOICES = {"amp": ("no", "bf16", "fp16"), "loss_reduction": ("all", "valid"), "eval_mode": ("whole", "slide"),
             "data.type": tuple(DATASETS)}
+
+
+def _range_error(key: str, rule: str, value: Any) -> ValueError:
+    """'config key KEY must be RULE [or null (what null does)], got VALUE'."""
+    null = f" or null ({_NULL_MEANS[key]})" if key in _NULL_MEANS else ""
+    return ValueError(f"config key {key} must be {rule}{null}, got {value!r}")
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -200,13 +216,21 @@ def validate_config(config: TrainConfig) -> None:
         return obj
 
     for key, low in _AT_LEAST.items():
-        if get(key) < low:
-            raise ValueError(f"config key {key} must be >= {low}, got {get(key)!r}")
+        if get(key) is not None and not get(key) >= low:
+            raise _range_error(key, f">= {low}", get(key))
+    for key, low in _ABOVE.items():
+        if get(key) is not None and not get(key) > low:
+            raise _range_error(key, f"> {low}", get(key))
+    for key, (low, high) in _BETWEEN.items():
+        if not low <= get(key) <= high:
+            raise _range_error(key, f"in [{low}, {high}]", get(key))
     for key, choices in _CHOICES.items():
         if get(key) not in choices:
             raise ValueError(f"config key {key} must be one of {list(choices)}, got {get(key)!r}")
-    if config.lr <= 0:
-        raise ValueError(f"config key lr must be > 0, got {config.lr!r}")
+    if config.pretrained and config.pretrained_backbone:  # create_model refuses both, but only after the data check
+        raise ValueError(f"config keys pretrained={config.pretrained!r} and pretrained_backbone="
+                         f"{config.pretrained_backbone!r} exclude each other: whole-model weights already hold a "
+                         "backbone; set one of them to false")
     for key in ("data.crop_size", "data.scale", "data.test_scale"):
         if get(key) is not None and min(get(key)) < 1:
             raise ValueError(f"config key {key} must be positive sizes, got {list(get(key))}")
@@ -215,9 +239,6 @@ def validate_config(config: TrainConfig) -> None:
 
 def _validate_augmentation(d: DataConfig) -> None:
     """Values the data pipeline would only trip over at the first batch (or train with into a NaN loss)."""
-    for key, value in (("data.flip", d.flip), ("data.cat_max_ratio", d.cat_max_ratio)):
-        if not 0 <= value <= 1:
-            raise ValueError(f"config key {key} must be in [0, 1], got {value!r}")
     if d.ratios is not None and any(r <= 0 for r in d.ratios):
         raise ValueError(f"config key data.ratios must be positive, got {list(d.ratios)} "
                          "(e.g. data.ratios=[0.5,1.0,2.0])")
@@ -244,10 +265,16 @@ def read_config_file(path: str | Path) -> dict:
         raise FileNotFoundError(f"config file {path} does not exist (presets: configs/*.yaml)")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:  # its message has the line and column, not the file
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from None
     import yaml  # PyYAML: a dependency of huggingface_hub, declared in pyproject
 
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:  # e.g. `iters: [1`: the parser's message carries the line and column
+        raise ValueError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
     return values
@@ -268,8 +295,27 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
                 raise ValueError(f"override {item!r}: {p} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+        try:
+            target[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); e.g. "
+                             "data.crop_size=[512,512] (quoted for the shell)") from None
     return values
+
+
+def _yaml_problem(err: Exception) -> str:
+    """'line L, column C: PROBLEM (CONTEXT at line L, column C)' of a PyYAML error, without the excerpts it
+    quotes (of a string that PyYAML calls "<unicode string>")."""
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if problem is None:  # not a MarkedYAMLError
+        return str(err)
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        problem += f" ({context}" + (f" at {at(context_mark)})" if context_mark is not None else ")")
+    return f"{at(mark)}: {problem}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

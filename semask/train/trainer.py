@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,7 +46,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .config import TrainConfig, validate_config
+from .config import DataConfig, TrainConfig, validate_config
 from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
@@ -69,6 +70,24 @@ def init_distributed() -> tuple[int, int, int]:
     if world > 1:
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
+
+
+def config_protocol(c: TrainConfig, *, mode: str | None = None, crop: int | tuple[int, int] | None = None,
+                    stride: int | tuple[int, int] | None = None, tta: bool | None = None) -> EvalProtocol:
+    """The config's evaluation protocol (`eval_mode`, `eval_crop`, `eval_stride`, `eval_tta`), each keyword that
+    is not None overriding its key (`semask eval`'s flags), so that eval scores as training's evaluations did."""
+    return EvalProtocol(mode=mode or c.eval_mode, crop=c.eval_crop if crop is None else crop,
+                        stride=c.eval_stride if stride is None else stride,
+                        **aug_test(c.eval_tta if tta is None else tta))
+
+
+def _check_data_root(d: DataConfig) -> None:
+    """`data.root` set and an existing folder (before the dataset, whose error would name a file below it)."""
+    if not d.root:
+        raise ValueError("data.root is not set (pass data.root=FOLDER, the dataset's folder)")
+    if not Path(d.root).is_dir():
+        where = "" if Path(d.root).is_absolute() else f" (relative to {Path.cwd()})"
+        raise FileNotFoundError(f"data.root {d.root!r} does not exist{where}")
 
 
 def _criterion(model: nn.Module, c: TrainConfig) -> tuple[nn.Module, bool]:
@@ -105,11 +124,12 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.progress = progress and self.rank == 0
-        self.eval_protocol = eval_protocol or EvalProtocol(
-            mode=c.eval_mode, crop=c.eval_crop, stride=c.eval_stride, **aug_test(c.eval_tta))
+        self.eval_protocol = eval_protocol or config_protocol(c)
         torch.manual_seed(c.seed)  # model init is the same on every process (DDP also broadcasts it)
 
         d = c.data
+        if train_set is None:
+            _check_data_root(d)
         train_split, val_split = default_splits(d.type, d.root, d.train_split, d.val_split)
         self.train_set = train_set if train_set is not None else build_dataset(d.type, d.root, train_split,
                                                                                **self._dataset_kwargs())
@@ -119,6 +139,7 @@ class Trainer:
         if val_set is None and self.rank == 0:
             _log.warning("no validation data (data.val_split is not set): training without evaluation, and no "
                          "best.pt is written; set data.val_split=... to evaluate every eval_interval iterations")
+        self._verify_data()
         self.model = model if model is not None else self._build_model()
         num_classes = getattr(getattr(self.model, "config", None), "num_classes", self.train_set.num_classes)
         if num_classes != self.train_set.num_classes:
@@ -160,15 +181,35 @@ class Trainer:
         d = self.cfg.data
         return {"classes": d.classes, "reduce_zero_label": d.reduce_zero_label} if d.type == "folder" else {}
 
+    def _verify_data(self) -> None:
+        """Every training and validation mask checked before the first iteration (values, size against its image's
+        header, format), each process its shard: a bad file fails now, naming all of them, not at the first
+        evaluation (8000 iterations in) or whenever it is first sampled."""
+        start, messages, checked = time.perf_counter(), [], 0
+        for role, dataset in (("training", self.train_set), ("validation", self.val_set)):
+            if not isinstance(dataset, SegmentationDataset):  # a custom dataset class: its own loader checks
+                continue
+            shard = ShardSampler(len(dataset), num_replicas=self.world, rank=self.rank).indices
+            problems = dataset.pair_problems(shard)  # masks, and only the images' headers: cheap
+            if self.world > 1:
+                gathered: list[dict] = [{}] * self.world
+                dist.all_gather_object(gathered, problems)
+                problems = {i: p for part in gathered for i, p in part.items()}
+            checked += len(dataset)
+            if problems:
+                messages.append(f"{role} data, {dataset.describe_problems(problems)}")
+        if messages:
+            raise ValueError("bad data (nothing was trained):\n" + "\n".join(messages) +
+                             "\nfix or remove these files (or fix the class list) and start again")
+        if self.rank == 0:
+            _log.info("checked %d image/mask pairs in %.1f s", checked, time.perf_counter() - start)
+
     def _build_model(self) -> nn.Module:
         from ..registry import create_model
 
         c = self.cfg
-        kwargs = dict(c.model_overrides)
-        if c.pretrained_backbone:
-            kwargs["pretrained_backbone"] = True
-        return create_model(c.model, pretrained=c.pretrained or False, num_classes=self.train_set.num_classes,
-                            **kwargs)
+        return create_model(c.model, pretrained=c.pretrained or False, pretrained_backbone=c.pretrained_backbone,
+                            num_classes=self.train_set.num_classes, **c.model_overrides)
 
     def _schedule(self) -> PolyWarmup:
         """The config's lr factor per iteration (poly decay after a linear warmup)."""
@@ -185,7 +226,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "best_miou": self.best_miou, "rng": rng, "world_size": self.world,
                 "config": json.loads(json.dumps(self.cfg.to_dict(), default=list)), "records": self.records,
-                "last_eval": self.last_eval}
+                "last_eval": self.last_eval, "classes": list(self.train_set.classes)}
 
     def save_checkpoint(self, *, best: bool = False) -> Path | None:
         state = self.state_dict()  # collective: every process takes part
@@ -266,22 +307,18 @@ class Trainer:
                              f"files out of {self.ckpt_dir} to restart from iteration {iteration}")
 
     def _check_same_model(self, ckpt: dict, path: Path) -> None:
-        """Refuse a checkpoint of another architecture or with other tensor shapes (an out_dir trained with another
-        model), with both models named, instead of load_state_dict's hundreds of "Unexpected key(s)" lines."""
-        saved = ckpt.get("config") or {}
-        diffs = state_dict_differences(self.module.state_dict(), ckpt["model"])
-        saved_arch = str(saved.get("model", self.cfg.model)).partition(".")[0]
-        if not diffs and saved_arch == self.cfg.model.partition(".")[0]:
+        """Refuse a checkpoint of another architecture, class count or tensor shapes (an out_dir trained with
+        another model or dataset), naming both, instead of load_state_dict's hundreds of "Unexpected key(s)" lines."""
+        mismatch = _checkpoint_mismatch(ckpt, self.module, self.cfg, self.train_set, builds="this run builds")
+        if mismatch is None:
             return
-        ours = json.loads(json.dumps(self.cfg.model_overrides, default=list))  # tuples as the checkpoint's lists
-        theirs = saved.get("model_overrides") or {}
-        both = ours != theirs  # name the overrides only where they differ
-        detail = (f"{len(diffs)} tensor(s) differ, e.g. {'; '.join(diffs[:3])}" if diffs else
-                  "the tensors match but the architectures differ")
-        raise ValueError(f"checkpoint {path} is for another model: it was trained with "
-                         f"{_describe_model(saved.get('model', '?'), theirs if both else {})}, this run builds "
-                         f"{_describe_model(self.cfg.model, ours if both else {})} ({detail}). Train this model in "
-                         f"another out_dir, or move {path.parent} away and start afresh with resume=null")
+        other, why = mismatch
+        if other == "dataset":
+            raise ValueError(f"checkpoint {path} is for another dataset: {why}. Restore that class list to resume, "
+                             f"or train in another out_dir (pretrained={self.out_dir / 'final'} starts from the "
+                             "earlier run's final weights)")
+        raise ValueError(f"checkpoint {path} is for another model: {why}. Train this model in another out_dir, or "
+                         f"move {path.parent} away and start afresh with resume=null")
 
     # ---- logging ----
     def _start_log(self) -> None:
@@ -313,6 +350,12 @@ class Trainer:
         """Stop after the current iteration and save a checkpoint (what Ctrl-C does)."""
         self._stop = True
 
+    @property
+    def stopped(self) -> bool:
+        """Whether `fit()` was stopped (Ctrl-C, `request_stop`): the run is incomplete and out_dir/final was not
+        written; the same command resumes it."""
+        return self._stop
+
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         self.sampler.set_epoch(epoch)
         self.sampler.start = start_batch * self.cfg.batch_size
@@ -336,7 +379,7 @@ class Trainer:
         with ctx:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.model(images, upsample=self.full_res_outputs)
-            out = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+            out = _float32(out)
             losses = self.criterion(out, labels)
             self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
         return {k: float(v.detach()) for k, v in losses.items()}
@@ -372,6 +415,8 @@ class Trainer:
         once if the checkpoint holds none)."""
         if self.iteration >= self.cfg.iters:
             return self._already_complete()
+        if self._eval_pending():  # resumed from a checkpoint saved before its evaluation, which did not finish
+            self._after_eval(self.evaluate())
         self._train()
         if self.rank == 0:
             if not self._stop:
@@ -385,7 +430,10 @@ class Trainer:
             _log.warning("%s: the run is already complete at iteration %d (iters=%d); nothing to train, returning "
                          "its last evaluation (raise iters= to continue it)", self.out_dir, self.iteration,
                          self.cfg.iters)
-        if not self.last_eval and self.val_set is not None:
+        if self._eval_pending():  # stopped (or failed) between the last checkpoint and its evaluation
+            self._after_eval(self.evaluate())
+            self.save_checkpoint()  # now holding it, as the training loop saves it
+        elif not self.last_eval and self.val_set is not None:  # a checkpoint from before evaluations were kept
             self.last_eval = {"iter": self.iteration, "metrics": self.evaluate()}
             self._set_train_mode()
         if self.rank == 0 and not (self.out_dir / "final" / "model.safetensors").is_file():
@@ -402,6 +450,17 @@ class Trainer:
             self.train_set.class_info, mean=d.mean, std=d.std, test_scale=d.test_scale, crop_size=d.crop_size,
             dataset=d.type if d.type != "folder" else None)
         save_pretrained(self.module, self.out_dir / "final")
+
+    def _eval_due(self) -> bool:
+        """Whether the loop evaluates at the current iteration."""
+        c = self.cfg
+        return self.val_set is not None and (self.iteration % c.eval_interval == 0 or self.iteration == c.iters)
+
+    def _eval_pending(self) -> bool:
+        """An evaluation due at the resumed iteration that the log does not hold (the checkpoint is saved before
+        it: it failed, or the run was stopped)."""
+        return self.iteration > 0 and self._eval_due() and not any(
+            r["iter"] == self.iteration and "mIoU" in r for r in self.records)
 
     def _train(self) -> None:
         """The training loop, from `self.iteration` to `config.iters` or a stop request."""
@@ -435,11 +494,13 @@ class Trainer:
                     for cb in self.callbacks:
                         cb(self, rec)
                     stop = self._should_stop()
-                    due = self.iteration % c.eval_interval == 0 or self.iteration == c.iters
-                    if self.val_set is not None and due:
-                        self._after_eval(self.evaluate())
-                    if self.iteration % c.ckpt_interval == 0 or self.iteration == c.iters or stop:
+                    saved = self.iteration % c.ckpt_interval == 0 or self.iteration == c.iters or stop
+                    if saved:  # before the evaluation: one that fails (bad data, out of memory) loses no training
                         self.save_checkpoint()
+                    if self._eval_due() and not stop:  # a stopped run evaluates when resumed (`fit`)
+                        self._after_eval(self.evaluate())
+                        if saved:  # again, now holding the evaluation, so that a resume need not repeat it
+                            self.save_checkpoint()
                     if stop:
                         self._stop = True
                         if self.rank == 0:
@@ -490,6 +551,51 @@ class Trainer:
         return lambda: signal.signal(signal.SIGINT, previous)
 
 
+def _float32(out: Any) -> Any:
+    """Autocast outputs as float32 for the loss, nested ones too: mask-classification decoders return their deep
+    supervision as `aux_outputs`, a list of dicts of tensors."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _float32(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_float32(v) for v in out)
+    return out
+
+
+def _checkpoint_mismatch(ckpt: dict, model: nn.Module, config: TrainConfig, dataset: SegmentationDataset, *,
+                         builds: str) -> tuple[str, str] | None:
+    """Why training checkpoint `ckpt` cannot load into `model` (built from `config` for `dataset`), or None:
+    ("dataset", both class counts) when they differ, else ("model", "it was trained with model=A, `builds` model=B
+    (the differing tensors)")."""
+    saved = ckpt.get("config") or {}
+    diffs = state_dict_differences(model.state_dict(), ckpt["model"])
+    saved_model = str(saved.get("model", "?"))
+    same_arch = saved_model.partition(".")[0] == config.model.partition(".")[0]
+    if not diffs and same_arch:
+        return None
+    saved_classes = ckpt.get("classes")  # absent from checkpoints written before it was kept
+    if saved_classes is not None and len(saved_classes) != dataset.num_classes:
+        other = "" if same_arch else f" (and was trained with model={saved_model})"
+        return "dataset", (f"it has {len(saved_classes)} classes {_preview(saved_classes)}{other} but "
+                           f"{dataset.name} has {dataset.num_classes} {_preview(dataset.classes)}")
+    ours = json.loads(json.dumps(config.model_overrides, default=list))  # tuples as the checkpoint's lists
+    theirs = saved.get("model_overrides") or {}
+    both = ours != theirs  # name the overrides only where they differ
+    detail = (f"{len(diffs)} tensor(s) differ, e.g. {'; '.join(diffs[:3])}" if diffs else
+              "the tensors match but the architectures differ")
+    if same_arch and not both:  # an older checkpoint (no class list kept): the class count is the likely cause
+        detail += f"; {dataset.name} has {dataset.num_classes} classes: was it trained on another class list?"
+    return "model", (f"it was trained with {_describe_model(saved_model, theirs if both else {})}, {builds} "
+                     f"{_describe_model(config.model, ours if both else {})} ({detail})")
+
+
+def _preview(classes: Sequence[str]) -> str:
+    """The first class names, for messages."""
+    names = list(classes)
+    return str(names[:6])[:-1] + (", ...]" if len(names) > 6 else "]")
+
+
 def _describe_model(name: str, overrides: dict) -> str:
     """'model=NAME' plus `overrides`, if any (resume errors name both models this way)."""
     return f"model={name}" + (f" with model_overrides={overrides}" if overrides else "")
@@ -513,11 +619,12 @@ def _evaluate(model: nn.Module, dataset: SegmentationDataset, config: TrainConfi
 def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: str | None = None,
                         protocol: EvalProtocol | None = None) -> tuple[dict, SegmentationDataset]:
     """Metrics of a training checkpoint (`.pt`) or semask weights (folder / `.safetensors`) on `split` (default:
-    `config.data.val_split`) through the Predictor (`protocol`, default whole), sharded over processes when
-    launched with torchrun."""
+    `config.data.val_split`) through the Predictor (`protocol`, default the config's: `config_protocol`), sharded
+    over processes when launched with torchrun."""
     from ..registry import create_model
 
     c, d = config, config.data
+    _check_data_root(d)
     split = split if split is not None else default_splits(d.type, d.root, d.train_split, d.val_split)[1]
     if split is None:
         raise ValueError("no evaluation split: set data.val_split=... or pass --split")
@@ -528,13 +635,18 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str | Path, *, split: s
     path = Path(checkpoint)
     if path.suffix == ".pt":
         model = create_model(c.model, num_classes=dataset.num_classes, **c.model_overrides)
-        model.load_state_dict(load_checkpoint(path)["model"])
+        ckpt = load_checkpoint(path)
+        mismatch = _checkpoint_mismatch(ckpt, model, c, dataset, builds="this config builds")
+        if mismatch is not None:
+            raise ValueError(f"checkpoint {path} is for another {mismatch[0]}: {mismatch[1]}. Evaluate it with the "
+                             "config it was trained with (its model, model_overrides and data)")
+        model.load_state_dict(ckpt["model"])
     else:
         model = create_model(c.model, pretrained=path, **c.model_overrides)
     if model.config.num_classes != dataset.num_classes:
         raise ValueError(f"{checkpoint} predicts {model.config.num_classes} classes but {dataset.name} has "
                          f"{dataset.num_classes}")
     model.to(device)
-    metrics = _evaluate(model, dataset, c, protocol or EvalProtocol(), world=world, rank=rank,
+    metrics = _evaluate(model, dataset, c, protocol or config_protocol(c), world=world, rank=rank,
                         amp_dtype=AMP_DTYPES[c.amp])
     return metrics, dataset
