@@ -331,25 +331,28 @@ def convert_original(path: str | Path, name: str, config: ModelConfig, *, allow_
     return model
 
 
+_BARE_FIX = ("name the architecture they were saved from (pass num_classes= if they have another class count), "
+             "or save them with semask.save_pretrained (it writes config.json beside them)")
+
+
 def _fit_bare(state: dict[str, torch.Tensor], config: ModelConfig, name: str, source: Any,
-              num_classes: int | None) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
-    """(config, state) for a safetensors file without config.json: our tensor names under `config` or, when they
-    have that many classes, `num_classes` (state None: not our names, an original state dict to convert)."""
+              num_classes: int | None) -> tuple[ModelConfig, dict[str, torch.Tensor] | None, list[str]]:
+    """(config, state, differences) for a safetensors file without config.json: our tensor names under `config`
+    or, when they have that many classes, `num_classes`. State None: other names (an original state dict to
+    convert, or another architecture's: `differences` from `config`'s tensors say which)."""
     candidates = [config] + ([config.replace(num_classes=num_classes, sem_num_classes=None)]
                              if num_classes is not None and num_classes != config.num_classes else [])
     bad: list[str] = []
     for candidate in candidates:
         with torch.device("meta"):
             ours = build_model(candidate).state_dict()
-        if set(state) != set(ours):
-            return config, None  # not our names: converted as an original checkpoint (which fails on unmapped keys)
         bad = state_dict_differences(ours, state)
+        if set(state) != set(ours):
+            return config, None, bad
         if not bad:
-            return candidate, state
+            return candidate, state, []
     raise ValueError(f"weights in {source} do not fit {name!r} ({len(bad)} tensor(s) differ, e.g. "
-                     f"{'; '.join(bad[:2])}): name the architecture they were saved from (pass num_classes= if they "
-                     "have another class count), or save them with semask.save_pretrained (it writes config.json "
-                     "beside them)")
+                     f"{'; '.join(bad[:2])}): {_BARE_FIX}")
 
 
 def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *,
@@ -383,10 +386,17 @@ def load_pretrained(name: str, source: bool | str | Path, config: ModelConfig, *
         raise FileNotFoundError(f"pretrained={str(source)!r} does not exist; pass True, a semask folder or "
                                 "safetensors file, or an original .pth checkpoint")
     state, saved, extra = _read_local(path) if _is_semask_weights(path) else (None, None, None)
+    bare: list[str] = []  # a bare safetensors file's differences from `config`'s tensors
     if state is not None and saved is None:  # a bare safetensors file: our tensors, or an original state dict
-        config, state = _fit_bare(state, config, name, source, num_classes)
+        config, state, bare = _fit_bare(state, config, name, source, num_classes)
     if state is None:  # an original checkpoint, converted on the fly with the name's hidden fields
-        model = convert_original(path, name, config, overrides=overrides)
+        try:
+            model = convert_original(path, name, config, overrides=overrides)
+        except (ValueError, KeyError) as err:
+            if not bare:
+                raise
+            raise ValueError(f"weights in {source} are neither {name!r}'s tensors ({len(bare)} differ, e.g. "
+                             f"{'; '.join(bare[:2])}) nor an original checkpoint of it ({err}): {_BARE_FIX}") from err
         state, saved = model.state_dict(), model.config
     if saved is not None:  # the saved classes win (num_classes= re-heads below)
         bad = structure_differences(saved, config.replace(num_classes=saved.num_classes,

@@ -32,7 +32,8 @@ DEFAULT_MAX_PIXELS = 4096 * 4096  # multi-scale / flip / probs=True hold float32
 DEFAULT_PREPROCESSING = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), test_scale=(2048, 512),
                              crop_size=(512, 512), reduce_zero_label=False)
 FULL_MAP_BYTES = 512 << 20  # above this, the single pass never allocates the [K, H, W] map at the original size
-AUTOCAST_DTYPES = (None, torch.float16, torch.bfloat16)  # Predictor(dtype=...): None runs the model's own dtype
+# Predictor(dtype=...): None (or float32: no autocast) runs the model in its own dtype
+AUTOCAST_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 
 
 def aug_test(enabled: bool) -> dict[str, Any]:
@@ -45,8 +46,10 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     """A pixel limit as given by users -> a positive int, or None for no limit (None or 0, as the CLI's 0)."""
     if max_pixels is None or max_pixels == 0:
         return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 0:
-        raise ValueError(f"max_pixels must be a positive pixel count, or 0 / None for no limit; got {max_pixels!r}")
+    whole = isinstance(max_pixels, (int, np.integer)) or (isinstance(max_pixels, float) and max_pixels.is_integer())
+    if isinstance(max_pixels, bool) or not whole or max_pixels < 0:
+        raise ValueError(f"max_pixels must be a whole, positive pixel count (e.g. 4096 * 4096), or 0 / None for no "
+                         f"limit; got {max_pixels!r}")
     return int(max_pixels)
 
 
@@ -407,6 +410,7 @@ class Predictor:
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"dtype is the autocast dtype: torch.float16, torch.bfloat16 or None (float32), got "
                              f"{dtype}; for float64, cast the model yourself (model.double()) and pass dtype=None")
+        dtype = None if dtype == torch.float32 else dtype  # float32: no autocast
         max_pixels = check_max_pixels(max_pixels)
         mean, std = _check_channels("mean", mean), _check_channels("std", std)
         # a device torch cannot use here fails before the weights are read

@@ -250,7 +250,10 @@ def list_models(pattern: str = "*", *, pretrained: bool = False, include_tags: b
     include_tags = "." in pattern if include_tags is None else include_tags
     if pretrained:
         tags = list_pretrained(pattern)
-        return tags if include_tags else sorted({n.partition(".")[0] for n in tags})
+        if include_tags:
+            return tags
+        # an architecture whose only tags are `*_init` starting points has nothing create_model(arch, True) loads
+        return sorted({n.partition(".")[0] for n in tags if not n.endswith("_init")})
     names = list(ARCHS) + (list(load_manifest()) if include_tags else [])
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 

@@ -39,6 +39,10 @@ def test_list_and_info(capsys: pytest.CaptureFixture) -> None:
     assert out.out == "" and "--unpublished" in out.err
     assert main(["list", "nothing_like_this"]) == 0 and "nothing matches" in capsys.readouterr().err
     assert semask.list_models("mit_b0*", pretrained=True) == ["mit_b0_segformer"]  # timm's spelling
+    # every listed architecture loads with pretrained=True (SeMask MiT has starting points only: tags, not archs)
+    assert all(semask.registry.default_tag(a) for a in semask.list_models(pretrained=True))
+    assert "semask_mit_b0_segformer.imagenet_init" in semask.list_models("semask_mit_b0*", pretrained=True,
+                                                                         include_tags=True)
     assert semask.list_models("mit_b0*", pretrained=True, include_tags=True) == semask.list_pretrained("mit_b0*")
     assert main(["info", "semask_swin_tiny_fpn.ade20k"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -475,6 +475,11 @@ def test_bare_safetensors_with_another_class_count(tmp_path: Path) -> None:
     assert all(torch.equal(got.state_dict()[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="pass num_classes="):
         semask.create_model("test_semask_swin_fpn", pretrained=tmp_path / "w.safetensors")
+    # another architecture's names (plain SegFormer under SeMask-MiT): the differing tensors, not only the converter's
+    save_file(semask.create_model("test_mit_segformer").state_dict(), str(tmp_path / "mit.safetensors"))
+    with pytest.raises(ValueError, match=r"neither 'test_semask_mit_segformer''s tensors \(\d+ differ, e\.g\. "
+                                         r"missing backbone\..*nor an original checkpoint"):
+        semask.create_model("test_semask_mit_segformer", pretrained=tmp_path / "mit.safetensors")
 
 
 def test_foreign_weights_name_the_call_that_loads_them(tmp_path: Path) -> None:

@@ -490,9 +490,10 @@ def test_mit_inputs_below_its_smallest_size_are_padded():
 
 
 def test_dtype_is_an_autocast_dtype_and_cast_models_get_their_dtype(model):
-    for bad in (torch.float64, torch.float32, "bfloat16"):
+    for bad in (torch.float64, "bfloat16"):
         with pytest.raises(ValueError, match="dtype is the autocast dtype"):
             Predictor(model, dtype=bad)
+    assert Predictor(model, dtype=torch.float32).dtype is None  # float32: no autocast, as None
     torch.manual_seed(0)
     bf16 = semask.create_model("test_semask_swin_fpn").eval().to(torch.bfloat16)  # no dtype=: inputs follow
     pred = Predictor(bf16, test_scale=SMALL)(_image(20, 30))
@@ -506,11 +507,12 @@ def test_max_pixels_zero_is_no_limit_and_negatives_are_refused(model, tmp_path, 
     assert Predictor(model, test_scale=SMALL, max_pixels=0)(img).labels.shape == (40, 50)  # as the CLI's 0
     assert load_image(_save(Image.fromarray(img), tmp_path / "a.png"), max_pixels=0).shape == (40, 50, 3)
     for bad in (-5, 2.5):
-        with pytest.raises(ValueError, match="max_pixels must be a positive pixel count, or 0 / None"):
+        with pytest.raises(ValueError, match="max_pixels must be a whole, positive pixel count.*or 0 / None"):
             Predictor(model, max_pixels=bad)
+    assert Predictor(model, max_pixels=1e8).max_pixels == 100_000_000  # a whole float, as 4096 * 4096.0
     assert main(["segment", str(tmp_path / "a.png"), "--model", "test_swin_fpn", "--out", str(tmp_path / "o"),
                  "--max-pixels", "-5"]) == 2
-    assert "max_pixels must be a positive" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert "max_pixels must be a whole, positive" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("name", ["mps", "xpu"])

@@ -514,6 +514,10 @@ def test_eval_of_another_models_checkpoint_is_a_clear_error(data_root, reference
     assert main(["eval", "--config", str(cfg_file), "--checkpoint", str(ckpt)]) == 2
     err = capsys.readouterr().err
     assert "is for another model" in err and "Traceback" not in err and len(err) < 1500
+    # a bare {"model": state_dict} (no recorded config) of the right model evaluates: the tensors decide
+    _, trainer, _ = reference
+    atomic_save({"model": trainer.module.state_dict()}, tmp_path / "plain.pt")
+    assert "mIoU" in evaluate_checkpoint(tiny_config(data_root, tmp_path), tmp_path / "plain.pt")[0]
 
 
 def test_resume_after_the_class_list_changed_names_both_counts(data_root, reference, tmp_path):

@@ -570,7 +570,7 @@ def _checkpoint_mismatch(ckpt: dict, model: nn.Module, config: TrainConfig, data
     (the differing tensors)")."""
     saved = ckpt.get("config") or {}
     diffs = state_dict_differences(model.state_dict(), ckpt["model"])
-    saved_model = str(saved.get("model", "?"))
+    saved_model = str(saved.get("model", config.model))  # none recorded (a bare {"model": ...}): the tensors decide
     same_arch = saved_model.partition(".")[0] == config.model.partition(".")[0]
     if not diffs and same_arch:
         return None
