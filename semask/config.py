@@ -137,6 +137,24 @@ class ModelConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone == "swin" and not self.window_size:
             raise ValueError("a Swin backbone needs window_size")
+        if self.attn_impl not in ("sdpa", "eager", "math"):
+            raise ValueError(f"model config field attn_impl must be 'sdpa', 'eager' or 'math', got {self.attn_impl!r}")
+        self._check_widths()
+
+    def _check_widths(self) -> None:
+        """Widths that must split evenly (else the failure comes deep inside torch, naming no field)."""
+        if self.backbone == "swin":
+            for i, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads, strict=False)):
+                if dim % heads:
+                    raise ValueError(f"model config field num_heads: stage {i} has {dim} channels (embed_dim * 2**"
+                                     f"{i}), not divisible by its {heads} heads; got num_heads={self.num_heads}")
+        if self.decoder not in ("fpn", "segformer"):
+            if self.hidden_dim % self.nheads:
+                raise ValueError(f"model config fields hidden_dim ({self.hidden_dim}) must be divisible by nheads "
+                                 f"({self.nheads})")
+            if self.conv_dim % 32:  # detectron2's GroupNorm(32, conv_dim) in the pixel decoder
+                raise ValueError(f"model config field conv_dim must be a multiple of 32 (GroupNorm with 32 groups), "
+                                 f"got {self.conv_dim}")
         if self.backbone == "mit":
             missing = [k for k in ("embed_dims", "mit_sr_ratios", "mit_patch_sizes", "mit_strides")
                        if getattr(self, k) is None]

@@ -41,7 +41,8 @@ class Segmentor(nn.Module):
         return out
 
     def set_attn_impl(self, impl: str) -> None:
-        """Switch every attention between "sdpa" (fused) and "eager" (the original formula)."""
+        """Switch every attention to "sdpa" (fused), "eager" (the original formula) or "math" (the same unfused
+        formula with a denormal-safe shift mask)."""
         from .backbones.semantic_layer import ATTN_IMPLS
 
         if impl not in ATTN_IMPLS:

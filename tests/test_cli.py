@@ -68,3 +68,13 @@ def test_python_dash_m_semask(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "semask", "list", "test_swin_*"], capture_output=True, text=True,
                             timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.split() == ["test_swin_fpn"], result.stderr
+
+
+def test_documented_submodules_load_after_import_semask_alone() -> None:
+    """README writes `semask.kernels.attention_kernels(...)`, `semask.train.MaskClassificationLoss`: they work
+    after a bare `import semask` (a fresh interpreter, so no other test has imported them)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = ("import semask; semask.kernels.attention_kernels; semask.train.MaskClassificationLoss; "
+            "semask.export.export_onnx; semask.viz.overlay")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr

@@ -92,6 +92,70 @@ def test_bias_cache_is_reused_in_inference_and_skipped_with_grad():
     assert not attn._bias_cache
 
 
+def _randomised(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = semask.create_model("test_semask_swin_fpn")
+    randomize_gammas(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 1.0)  # a bias large enough to change the output visibly
+    return model.state_dict()
+
+
+def test_cached_bias_follows_the_weights_however_they_are_replaced():
+    """Weights swapped under a filled bias cache (load_state_dict with or without assign=True, `p.data = ...`,
+    deepcopy) give the new weights' output, never the old cached bias."""
+    import copy
+
+    a, b = _randomised(1), _randomised(2)
+    x = torch.randn(1, 3, 64, 64)
+
+    def fresh(state: dict[str, torch.Tensor]) -> torch.Tensor:
+        model = semask.create_model("test_semask_swin_fpn").eval()
+        model.load_state_dict(state)
+        with torch.inference_mode():
+            return model(x)["logits"]
+
+    ref_a, ref_b = fresh(a), fresh(b)
+    assert not torch.allclose(ref_a, ref_b, atol=1e-3)
+    model = semask.create_model("test_semask_swin_fpn").eval()
+    tables = [n for n, _ in model.named_parameters() if "relative_position_bias_table" in n]
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)["logits"]
+
+    for assign in (False, True):
+        model.load_state_dict({k: v.clone() for k, v in a.items()}, assign=assign)
+        torch.testing.assert_close(run(), ref_a)
+        model.load_state_dict({k: v.clone() for k, v in b.items()}, assign=assign)
+        torch.testing.assert_close(run(), ref_b)
+    params = dict(model.named_parameters())
+    for name in tables:  # bypasses load_state_dict and the version counter
+        params[name].data = a[name].clone()
+    copied = copy.deepcopy(model)
+    assert all(not m._bias_cache for m in copied.modules() if isinstance(m, WindowAttention))
+    for name in tables:
+        params[name].data = b[name].clone()
+    torch.testing.assert_close(run(), ref_b)
+
+
+def test_meta_build_materialised_with_to_empty_then_loaded():
+    """The timm / accelerate pattern: build on the meta device, `to_empty()`, load the weights. The relative
+    position index is not in checkpoints (non-persistent); loading rebuilds it."""
+    state = _randomised(3)
+    with torch.device("meta"):
+        model = semask.create_model("test_semask_swin_fpn")
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    ref = semask.create_model("test_semask_swin_fpn").eval()
+    ref.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x)["logits"], ref(x)["logits"], atol=0, rtol=0)
+
+
 def test_flop_count_of_semask_tiny_matches_the_paper():
     with torch.device("meta"):
         model = semask.create_model("semask_swin_tiny_fpn")

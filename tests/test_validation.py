@@ -114,6 +114,10 @@ def test_untagged_size_mismatch_does_not_blame_exif(tmp_path):
     ({"num_sem_blocks": 0}, r"num_sem_blocks must be >= 1"),
     ({"semantic_attention": ("window", "sideways", "global", "global")}, r"semantic_attention must be None or"),
     ({"decoder": "maskformer", "dec_layers": 0}, r"dec_layers must be >= 1 for decoder='maskformer'"),
+    ({"num_heads": (3, 2, 4, 8)}, r"num_heads: stage 0 has 16 channels .*not divisible by its 3 heads"),
+    ({"decoder": "mask2former", "nheads": 3}, r"hidden_dim \(256\) must be divisible by nheads \(3\)"),
+    ({"decoder": "mask2former", "conv_dim": 48}, r"conv_dim must be a multiple of 32"),
+    ({"attn_impl": "flash"}, r"attn_impl must be 'sdpa', 'eager' or 'math'"),
 ])
 def test_bad_model_fields_are_refused_naming_the_field(changes, match):
     with pytest.raises(ValueError, match=match):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -93,7 +94,19 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.attn_impl = attn_impl
-        self._bias_cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._bias_cache: dict[tuple, tuple[tuple[torch.Tensor | None, ...], torch.Tensor]] = {}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # The index is not in checkpoints (non-persistent, as the original's): rebuild it, so a model built on the
+        # meta device and materialised with `to_empty()` gets a valid one with its weights. New weights: no cached bias.
+        with torch.no_grad():
+            if not self.relative_position_index.is_meta:
+                self.relative_position_index.copy_(relative_position_index(self.window_size))
+        self._bias_cache.clear()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_bias_cache": {}}  # copies / pickles rebuild it for their own weights
 
     def relative_bias(self) -> torch.Tensor:
         """[nH, N, N] relative-position bias."""
@@ -112,8 +125,12 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
         key = None
+        index = self.relative_position_index
         if cacheable:
-            key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype, table._version)
+            # the table's storage and version: a reassigned table (load_state_dict(assign=True), `p.data = ...`) or an
+            # in-place update misses; the entry holds the tensors, so their addresses cannot be reused meanwhile
+            key = (None if mask is None else (mask.data_ptr(), mask.shape), table.device, dtype,
+                   table.data_ptr(), table._version, index.data_ptr(), index._version)
             if key in self._bias_cache:
                 return self._bias_cache[key][1]
         # A cached bias is built outside inference mode: a later step with grad (e.g. frozen tables, trained q/k)
@@ -130,7 +147,7 @@ class WindowAttention(nn.Module):
         if cacheable:
             if len(self._bias_cache) >= 16:  # many input sizes: keep the cache bounded
                 self._bias_cache.clear()
-            self._bias_cache[key] = (mask, bias)  # holding the mask keeps its data_ptr from being reused
+            self._bias_cache[key] = ((mask, table.detach(), index), bias)  # held: their data_ptrs stay unique
         return bias
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
