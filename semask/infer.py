@@ -416,7 +416,7 @@ class Predictor:
         # a device torch cannot use here fails before the weights are read
         keep = device is None and isinstance(model_or_name, nn.Module)  # a model instance stays where it is
         resolved = None if keep else resolve_device(device)
-        model = self._build(model_or_name, weights)
+        model = load_model(model_or_name, weights)
         self.device = next(model.parameters()).device if resolved is None else resolved
         self.model = model.to(self.device).eval()
         cfg = self.model.config
@@ -445,10 +445,6 @@ class Predictor:
         # SegFormer's MiT cannot take sides below its key/value reduction (29 px): smaller inputs are zero-padded
         self.min_side = int(getattr(self.model.backbone, "min_size", 1))
         self.strides = _stage_strides(cfg)
-
-    @staticmethod
-    def _build(model_or_name: nn.Module | str, weights: bool | str | Path | None) -> nn.Module:
-        return load_model(model_or_name, weights)
 
     def __call__(self, inputs: ImageInput | Sequence[ImageInput], *, probs: bool = False
                  ) -> Prediction | list[Prediction]:
