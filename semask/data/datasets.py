@@ -156,18 +156,23 @@ class SegmentationDataset:
         if raw.shape != image.shape[:2]:
             raise ValueError(_size_mismatch(image_path, image.shape[:2], mask_path, raw.shape, orientation))
         label = self.lut[raw] if self.lut is not None else raw
-        bad = (label != IGNORE_INDEX) & (label >= self.num_classes)
-        if bad.any():
-            raw_values = np.unique(raw[bad])[:10].tolist()
-            raise ValueError(f"mask {mask_path} has label values {raw_values} outside the {self.num_classes} classes "
-                             f"of {self.name} (valid after mapping: 0..{self.num_classes - 1} and {IGNORE_INDEX} = "
-                             f"ignore); fix the mask or the class list")
+        bad = self._invalid_values(raw)
+        if bad.size:
+            raise ValueError(f"mask {mask_path} has label values {bad[:10].tolist()} outside the {self.num_classes} "
+                             f"classes of {self.name} (valid after mapping: 0..{self.num_classes - 1} and "
+                             f"{IGNORE_INDEX} = ignore); fix the mask or the class list")
         sample["label"] = label
         return sample
 
     def _mapped(self) -> np.ndarray:
         """Each of the 256 stored mask values as a training label (the `lut`, or the identity)."""
         return self.lut if self.lut is not None else np.arange(256, dtype=np.uint8)
+
+    def _invalid_values(self, raw: np.ndarray) -> np.ndarray:
+        """The stored values of mask `raw` (sorted) that map outside the classes and are not ignored."""
+        mapped = self._mapped()
+        invalid = (mapped != IGNORE_INDEX) & (mapped >= self.num_classes)
+        return np.flatnonzero((np.bincount(raw.ravel(), minlength=256) > 0) & invalid)
 
     def valid_mask_values(self) -> str:
         """The stored mask values this dataset accepts, e.g. '0..2, 255 (255 = ignore)'."""
@@ -193,9 +198,7 @@ class SegmentationDataset:
             return str(err)
         if raw.shape != image_hw:
             return _size_mismatch(image_path, image_hw, mask_path, raw.shape, orientation)
-        mapped = self._mapped()
-        invalid = (mapped != IGNORE_INDEX) & (mapped >= self.num_classes)
-        bad = np.flatnonzero((np.bincount(raw.ravel(), minlength=256) > 0) & invalid)
+        bad = self._invalid_values(raw)
         return f"mask {mask_path} has label values {bad[:10].tolist()}" if bad.size else None
 
     def pair_problems(self, indices: Iterable[int] | None = None, *, decode_images: bool = False) -> dict[int, str]:
