@@ -66,6 +66,13 @@ def load_manifest() -> dict[str, dict[str, Any]]:
     return json.loads(text)["models"]
 
 
+def tag_pretrained_cfg(name: str) -> dict[str, Any] | None:
+    """A tag's manifest entry with its name: what `model.pretrained_cfg` holds for weights published under `name`
+    (preprocessing, dataset, classes; read by the `Predictor` and by exports); None for names that are no tag."""
+    entry = load_manifest().get(name)
+    return None if entry is None else dict(entry, name=name)
+
+
 def save_pretrained(model: Segmentor, out_dir: str | Path) -> Path:
     """Write `model.safetensors` and `config.json` to `out_dir`; returns the weights path. config.json holds the
     architecture and, under "pretrained_cfg", what the weights expect: preprocessing and classes (a tag's, or those
@@ -325,9 +332,8 @@ def convert_original(path: str | Path, name: str, config: ModelConfig, *, allow_
                          f"layout would be pinned onto other weights): name {' or '.join(tags) or 'the tag they are'}"
                          f", or the architecture {config.arch} (the original's rule then picks the layout); "
                          "num_classes= re-heads after loading")
-    entry = load_manifest().get(name)
-    if entry is not None:
-        model.pretrained_cfg = dict(entry, name=name)
+    if (cfg := tag_pretrained_cfg(name)) is not None:
+        model.pretrained_cfg = cfg
     return model
 
 
@@ -460,12 +466,9 @@ def load_local_dir(path: str | Path, *, num_classes: int | None = None,
 
 
 def reset_classes(model: Segmentor, num_classes: int) -> Segmentor:
-    """A copy of `model` for `num_classes` classes: only tensors whose shape depends on the classes (classifier,
-    semantic-layer class projections) are re-initialised; the rest is copied."""
-    new = build_model(model.config.replace(num_classes=num_classes, sem_num_classes=None))
-    own = new.state_dict()
-    state = {k: v for k, v in model.state_dict().items() if own[k].shape == v.shape}
-    new.load_state_dict(state, strict=False)
-    _log.warning("num_classes %d -> %d: re-initialised %s", model.config.num_classes, num_classes,
-                 sorted(set(own) - set(state)))
-    return new
+    """`model` re-headed in place for `num_classes` classes (`Segmentor.reset_classifier`), saying what it
+    re-initialised (pretrained weights for other classes are a common mistake, so this is a warning)."""
+    before = model.config.num_classes
+    replaced = model.reset_classifier(num_classes)
+    _log.warning("num_classes %d -> %d: re-initialised %s", before, num_classes, replaced)
+    return model

@@ -160,15 +160,23 @@ def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def check_image_batch(x: torch.Tensor, in_chans: int) -> None:
-    """Raise a clear error unless `x` is a float [B, in_chans, H, W] batch."""
+    """Raise a clear error unless `x` is a non-empty float [B, in_chans, H, W] batch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor image batch, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"expected a [B, {in_chans}, H, W] batch, got shape {tuple(x.shape)}; "
+    shape = tuple(x.shape)
+    if x.ndim == 3:
+        raise ValueError(f"expected a [B, {in_chans}, H, W] batch, got shape {shape}; "
                          "add a batch dimension with x.unsqueeze(0) for a single image")
+    if x.ndim != 4:
+        hint = ("; fold the extra leading dimensions into the batch, e.g. x.flatten(0, 1) for [N, T, C, H, W]"
+                if x.ndim > 4 else "")
+        raise ValueError(f"expected a 4-D [B, {in_chans}, H, W] batch, got {x.ndim}-D shape {shape}{hint}")
     if x.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                         "convert grayscale/RGBA images to RGB and use NCHW layout")
+        hint = ("; this looks like channels-last [B, H, W, C]: use x.permute(0, 3, 1, 2)"
+                if x.shape[-1] == in_chans else "; convert grayscale/RGBA images to RGB and use NCHW layout")
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (shape {shape}){hint}")
+    if x.numel() == 0:
+        raise ValueError(f"empty image batch (shape {shape}): every dimension must be at least 1")
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point batch, got {x.dtype}; convert with x.float() and normalise "
                         "with the ImageNet mean/std (semask.Predictor does this for you)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .hub import WEIGHTS_NAME, convert_original, file_sha256, load_manifest, save_pretrained
+from .hub import WEIGHTS_NAME, convert_original, file_sha256, load_manifest, save_pretrained, tag_pretrained_cfg
 
 _log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def publish_one(original: str | Path, out_dir: str | Path, *, repo_id: str | Non
     else:
         model = load_original(original, allow_unsafe=allow_unsafe)
         name = match_tag(model.config) or model.config.arch
-        if name in load_manifest():
-            model.pretrained_cfg = dict(load_manifest()[name], name=name)
+        if (cfg := tag_pretrained_cfg(name)) is not None:
+            model.pretrained_cfg = cfg
     manifest = load_manifest()
     entry = copy.deepcopy(manifest[name]) if name in manifest else {
         "arch": model.config.arch, "dataset": None, "num_classes": model.config.num_classes,

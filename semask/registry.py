@@ -21,6 +21,7 @@ from .hub import (
     load_manifest,
     load_pretrained,
     read_local_config,
+    tag_pretrained_cfg,
 )
 from .segmentor import Segmentor, build_model
 
@@ -205,11 +206,11 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, num_classe
         raise ValueError("pass pretrained= (whole-model weights) or pretrained_backbone= (ImageNet init), not both")
     else:
         model = load_pretrained(name, pretrained, config, num_classes=num_classes, overrides=overrides)
-    entry = load_manifest().get(name)
+    cfg = tag_pretrained_cfg(name)
     record = getattr(model, "pretrained_cfg", None)  # what the weights recorded (e.g. a run fine-tuned from a tag)
-    if entry is not None and model.config.num_classes == entry.get("num_classes") and (
+    if cfg is not None and model.config.num_classes == cfg.get("num_classes") and (
             not record or record.get("name") == name):
-        model.pretrained_cfg = dict(entry, name=name)  # preprocessing, dataset (used by the Predictor)
+        model.pretrained_cfg = cfg
     return model
 
 

@@ -55,6 +55,33 @@ class Segmentor(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
 
+    def reset_classifier(self, num_classes: int) -> list[str]:
+        """Re-head the model for `num_classes` classes in place (timm's name, e.g. before fine-tuning on your own
+        classes); returns the names of the re-initialised tensors. Only the layers whose shape depends on the class
+        count are replaced with freshly initialised ones (the classifier, the semantic layers' class projections
+        `mlp_cls_q` / `mlp_cls_k`, a mask model's `class_embed`), on the model's device and dtype; every other
+        module, weight, flag and hook is kept. Create the optimizer after calling it."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        config = self.config.replace(num_classes=num_classes, sem_num_classes=None)
+        # Which layers depend on the class count: compare two builds on the meta device (no memory, no init).
+        with torch.device("meta"):
+            probe = build_model(config.replace(num_classes=num_classes + 1)).state_dict()
+        fresh = build_model(config)  # the new layers, initialised as a new model's are
+        replaced = [k for k, v in fresh.state_dict().items() if v.shape != probe[k].shape]
+        for name in sorted({k.rpartition(".")[0] for k in replaced}):
+            old, new = self.get_submodule(name), fresh.get_submodule(name)
+            ref = next(old.parameters())
+            new.to(device=ref.device, dtype=ref.dtype).train(old.training).requires_grad_(ref.requires_grad)
+            parent, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(parent), attr, new)
+        self.config = config
+        cfg = self.pretrained_cfg
+        if cfg and len((cfg.get("classes") or {}).get("names", ())) not in (0, num_classes):
+            # The recorded class table no longer fits; the preprocessing of the weights still holds.
+            self.pretrained_cfg = {k: v for k, v in cfg.items() if k != "classes"}
+        return replaced
+
 
 def build_model(config: ModelConfig) -> Segmentor:
     """Build an untrained model from a config (ImageNet/original weights are loaded by the callers)."""

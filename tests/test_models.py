@@ -185,10 +185,16 @@ def test_num_classes_override() -> None:
 @pytest.mark.parametrize("bad, error, match", [
     (torch.randn(1, 4, 32, 32), ValueError, "3 input channels"),
     (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), TypeError, "floating-point"),
-    (torch.randn(3, 32, 32), ValueError, "batch"),
+    (torch.randn(3, 32, 32), ValueError, "add a batch dimension"),
+    (torch.randn(2, 2, 3, 32, 32), ValueError, r"5-D shape \(2, 2, 3, 32, 32\); fold .* x.flatten\(0, 1\)"),
+    (torch.randn(1, 32, 40, 3), ValueError, r"got 32 \(shape \(1, 32, 40, 3\)\); .*x.permute\(0, 3, 1, 2\)"),
+    (torch.randn(0, 3, 32, 32), ValueError, "empty image batch"),
+    (torch.randn(1, 3, 0, 32), ValueError, "empty image batch"),
 ])
-def test_bad_input_tensor(bad: torch.Tensor, error: type, match: str) -> None:
-    model = semask.create_model("test_semask_swin_fpn").eval()
+@pytest.mark.parametrize("arch", ["test_semask_swin_fpn", "test_mit_segformer", "test_semask_maskformer"])
+def test_bad_input_tensor(arch: str, bad: torch.Tensor, error: type, match: str) -> None:
+    """Every family reports the caller's own shape (mask models pad the input first) and names the fix."""
+    model = semask.create_model(arch).eval()
     with pytest.raises(error, match=match):
         model(bad)
 
@@ -216,3 +222,40 @@ def test_priors_can_be_skipped(name: str) -> None:
         full, lean = model(x), model(x, priors=False)
     assert "prior_logits" in full and "prior_logits" not in lean
     torch.testing.assert_close(lean["logits"], full["logits"])
+
+
+@pytest.mark.parametrize("arch", ["test_semask_swin_fpn", "test_mit_segformer", "test_semask_maskformer"])
+def test_reset_classifier_in_place(arch: str) -> None:
+    """timm's `reset_classifier`: only the class-dependent layers are new; other weights, flags, dtype and mode stay."""
+    model = semask.create_model(arch).double().eval()
+    model.set_grad_checkpointing(True)
+    model.backbone.requires_grad_(False)  # a frozen backbone stays frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replaced = model.reset_classifier(7)
+    assert replaced and all(k.endswith((".weight", ".bias")) for k in replaced)
+    assert model.config.num_classes == 7 and not model.training
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in after.items():
+        assert v.dtype == before[k].dtype
+        if k in replaced:
+            assert v.shape[0] in (7, 8)  # 8: a mask model's class_embed has the "no object" class
+        else:
+            assert torch.equal(v, before[k]), k
+    head = [k for k in replaced if not k.startswith("backbone.")]
+    assert head and all(model.get_parameter(k).requires_grad for k in head)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert model.backbone.layers[0].grad_checkpointing
+    out = model(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    assert out["logits"].shape == (1, 7, 64, 64)
+    with pytest.raises(ValueError, match="positive int"):
+        model.reset_classifier(0)
+
+
+def test_reset_classifier_drops_a_class_table_that_no_longer_fits() -> None:
+    model = semask.create_model("test_semask_swin_fpn")
+    model.pretrained_cfg = {"preprocessing": {"mean": [0, 0, 0]}, "classes": {"names": list("abcde")}}
+    model.reset_classifier(5)
+    assert "classes" in model.pretrained_cfg  # same count: the table still fits
+    model.reset_classifier(3)
+    assert model.pretrained_cfg == {"preprocessing": {"mean": [0, 0, 0]}}

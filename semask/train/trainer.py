@@ -145,7 +145,8 @@ class Trainer:
         if num_classes != self.train_set.num_classes:
             raise ValueError(f"the model predicts {num_classes} classes but {self.train_set.name} has "
                              f"{self.train_set.num_classes} ({list(self.train_set.classes)[:8]}...); build the model "
-                             f"with num_classes={self.train_set.num_classes} or fix the class list")
+                             f"with num_classes={self.train_set.num_classes}, re-head it with "
+                             f"model.reset_classifier({self.train_set.num_classes}), or fix the class list")
         self.num_classes = num_classes
         if c.grad_checkpointing:
             self.model.set_grad_checkpointing(True)

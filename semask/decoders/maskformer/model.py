@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import ModelConfig
-from ...layers import crop_hw, is_tracing, round_up
+from ...layers import check_image_batch, crop_hw, is_tracing, round_up
 from ...segmentor import Segmentor
 from .common import semantic_head
 from .pixel_decoder import FPNPixelDecoder, MSDeformAttnPixelDecoder
@@ -78,6 +78,7 @@ class MaskFormerSegmentor(Segmentor):
     def forward(self, images: torch.Tensor, *, upsample: bool = True, priors: bool = True) -> dict:
         """`upsample=False` gives "logits"/"prior_logits" at the mask resolution (padded/4), uncropped;
         `priors=False` skips "prior_logits"."""
+        check_image_batch(images, self.config.in_chans)  # before the padding, so that errors show the caller's shape
         h, w = images.shape[-2:]
         d = self.config.size_divisibility
         pad_b, pad_r = round_up(h, d) - h, round_up(w, d) - w
