@@ -17,7 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from _common import time_alternating
+from _common import device_arg, positive_int, time_alternating
 
 from semask.backbones.swin import FAST_MASK_VALUE, MASK_VALUE, WindowAttention, shift_mask
 from semask.kernels import sdpa_backends
@@ -25,11 +25,18 @@ from semask.registry import get_config
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap = argparse.ArgumentParser(
+        description="Prints two tables of median times per SeMask-T stage shape: window attention (eager, fused "
+                    "SDPA and the unfused 'math' formula, shifted and unshifted) and the semantic attention core "
+                    "(plain, SDPA, pad8, same) with the SDPA backend each ran.")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    ap.add_argument("--size", type=positive_int, default=512,
+                    help="square input side whose stage shapes are timed (default: %(default)s)")
+    ap.add_argument("--repeats", type=positive_int, default=7,
+                    help="timed calls per variant; the median is printed (default: %(default)s)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="dtype of the inputs and weights (default: %(default)s)")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)

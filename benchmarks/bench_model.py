@@ -5,6 +5,9 @@ Swin `features_only` backbone, at the same input size in one process; efficiency
     python benchmarks/bench_model.py --whole 1024x2048 [--device cuda] [--bf16]   # memory of one whole image
     python benchmarks/bench_model.py --onnx [--models tiny:512]   # + the exported ONNX file in ONNX Runtime (CPU)
 
+`--models` takes NAME[:SIZE],... with NAME tiny, small, base or large (each against timm's Swin of that size); a
+missing SIZE is the model's standard input side (T/S/B 512, L 640).
+
 Efficiency = (model MACs / second) / (MAC rate of a 2048^3 fp32 matmul), the matmul timed as one more variant of
 the same alternated run (so load drifts hit it alike). `--profile` prints where the fused model's time goes.
 On CPU each variant also reports its median minor page faults per call (first touches of freshly mapped memory).
@@ -19,7 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-from _common import check_attention_kernels, peak_bytes, time_alternating, timm_swin
+from _common import (
+    STANDARD_SIZES,
+    check_attention_kernels,
+    device_arg,
+    peak_bytes,
+    positive_int,
+    size_hw,
+    time_alternating,
+    timm_swin,
+)
 
 import semask
 from semask.flops import count_macs
@@ -114,19 +126,24 @@ def bench(size: str, img: int, args: argparse.Namespace) -> None:
 
 
 def onnx_vs_eager(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> None:
-    """The model exported to ONNX (`semask.export.export_onnx`, traced at this size) and run by ONNX Runtime's CPU
-    provider with torch's thread count, timed against eager PyTorch in one alternated run. The file carries both
-    outputs, so the eager side is `model(x)` with its priors."""
-    if args.device != "cpu":
-        print("  onnx: CPU only (ONNX Runtime's CPU provider); skipped on", args.device)
-        return
+    """The model exported to ONNX (`semask.export.export_onnx`) and run by ONNX Runtime's CPU provider with torch's
+    thread count, timed against eager PyTorch in one alternated run. The file carries both outputs, so the eager
+    side is `model(x)` with its priors.
+
+    The export traces through a `torch.export` program whose dynamic H/W start at `min_input_size(model)` (225 for
+    Swin window 7, 385 for window 12), so the traced example must be at least that big; the ONNX graph itself has no
+    such guard and runs at any size. So an input below the minimum is traced at the minimum and run at its own size
+    (the printed max |diff| against eager checks the graph there)."""
     import onnxruntime as ort
 
-    from semask.export import export_onnx
+    from semask.export import MAX_SIZE, export_onnx, min_input_size
 
+    h, w = x.shape[-2:]
+    low = min_input_size(model)
+    trace = (min(max(h, low), MAX_SIZE), min(max(w, low), MAX_SIZE))
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        path = export_onnx(model, Path(tmp) / "model.onnx", example_size=tuple(x.shape[-2:]))
+        path = export_onnx(model, Path(tmp) / "model.onnx", example_size=trace)
         t_export = time.perf_counter() - t
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
@@ -139,8 +156,9 @@ def onnx_vs_eager(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namesp
                        for a, k in zip(got, ("logits", "prior_logits"), strict=False))
             t = time_alternating({"eager": lambda: model(x), "onnxruntime": lambda: session.run(None, feed)},
                                  repeats=args.repeats, device="cpu")
-    print(f"  onnx (exported in {t_export:.0f} s, max |diff| {diff:.1e}): onnxruntime {t['onnxruntime'] * 1e3:.1f} ms"
-          f" vs eager {t['eager'] * 1e3:.1f} ms ({t['eager'] / t['onnxruntime']:.2f}x)")
+    traced = "" if trace == (h, w) else f", traced at {trace[0]}x{trace[1]} (the .pt2 minimum is {low})"
+    print(f"  onnx (exported in {t_export:.0f} s{traced}, max |diff| {diff:.1e}): onnxruntime "
+          f"{t['onnxruntime'] * 1e3:.1f} ms vs eager {t['eager'] * 1e3:.1f} ms ({t['eager'] / t['onnxruntime']:.2f}x)")
 
 
 def whole_image(hw: tuple[int, int], args: argparse.Namespace) -> None:
@@ -157,7 +175,7 @@ def whole_image(hw: tuple[int, int], args: argparse.Namespace) -> None:
         with torch.inference_mode():
             check_attention_kernels(model, lambda: model(x, priors=False))
 
-    where = f"{dev} ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else dev
+    where = f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.startswith("cuda") else dev
     t = time.perf_counter()
     try:
         peak = peak_bytes(run, dev)
@@ -171,23 +189,87 @@ def whole_image(hw: tuple[int, int], args: argparse.Namespace) -> None:
           f"fits; peak {peak / 2 ** 30:.2f} GiB{total} above the weights ({weights / 2 ** 30:.2f} GiB), {t:.1f} s")
 
 
+MODELS_HELP = (f"NAME[:SIZE],... with NAME one of {', '.join(STANDARD_SIZES)} (SeMask Swin FPN, against timm's Swin "
+               "of the same size) and SIZE the square input side in pixels; a missing SIZE is the model's standard "
+               "size (" + ", ".join(f"{k} {v}" for k, v in STANDARD_SIZES.items()) + ")")
+
+
+def parse_models(text: str) -> list[tuple[str, int]]:
+    """'tiny:512,large' -> [('tiny', 512), ('large', 640)]; a ValueError saying what is wrong otherwise."""
+    out = []
+    for item in text.split(","):
+        name, sep, size = item.strip().lower().partition(":")
+        if not name:
+            raise ValueError(f"empty entry in {text!r}")
+        if name not in STANDARD_SIZES:
+            raise ValueError(f"unknown model {name!r} in {text!r}")
+        if not sep:
+            out.append((name, STANDARD_SIZES[name]))
+            continue
+        try:
+            img = int(size)
+        except ValueError:
+            raise ValueError(f"size {size!r} of {item.strip()!r} is not an integer") from None
+        if img < 1:
+            raise ValueError(f"size {img} of {item.strip()!r} must be >= 1")
+        out.append((name, img))
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="tiny:512,large:640", help="size:img,... (tiny, large)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--onnx", action="store_true", help="also time the exported ONNX file in ONNX Runtime (CPU)")
-    ap.add_argument("--whole", help="HxW: only the whole-image SeMask-L memory check at that size (e.g. 1024x2048)")
+    ap = argparse.ArgumentParser(
+        description="Prints, per model, the median inference time of SeMask Swin FPN (whole model, the inference "
+                    "path without priors, backbone; fused SDPA vs eager attention) next to timm's Swin backbone, "
+                    "the MAC efficiency against an fp32 matmul, and the SDPA kernels the attention ran; optionally "
+                    "bf16, torch.compile, ONNX Runtime and a profile. --whole prints one whole-image inference's "
+                    "peak memory instead.")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    ap.add_argument("--models", metavar="NAME[:SIZE],...",
+                    help="models and input sides: NAME tiny|small|base|large; a missing SIZE is the model's standard "
+                         "size, T/S/B 512, L 640 (default: tiny:512,large:640)")
+    ap.add_argument("--repeats", type=positive_int, default=5,
+                    help="timed calls per variant; the median is printed (default: %(default)s)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the model in bfloat16 (with --whole: measure bfloat16 instead of fp32)")
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd backbone against eager")
+    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of the fused model")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time the exported ONNX file in ONNX Runtime (CPU only; needs semask[export])")
+    ap.add_argument("--whole", metavar="HxW", type=size_hw,
+                    help="only the peak memory of one whole-image SeMask-L inference at HxW, e.g. 1024x2048 "
+                         "(runs alone)")
     args = ap.parse_args()
     if args.whole:
-        h, w = (int(v) for v in args.whole.lower().split("x"))
-        return whole_image((h, w), args)
-    for item in args.models.split(","):
-        size, img = item.split(":")
-        bench(size, int(img), args)
+        ignored = [f"--{k}" for k in ("models", "compile", "profile", "onnx") if getattr(args, k)]
+        if ignored:
+            ap.error(f"--whole runs alone: drop {', '.join(ignored)}")
+        return whole_image(args.whole, args)
+    try:
+        models = parse_models(args.models or "tiny:512,large:640")
+    except ValueError as err:
+        ap.error(f"--models: {err}: use {MODELS_HELP}")
+    if args.onnx:
+        check_onnx(ap, args)
+    for size, img in models:
+        bench(size, img, args)
+
+
+def check_onnx(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse --onnx up front (before minutes of timing) where it cannot run."""
+    import importlib.util
+
+    if args.device != "cpu":
+        ap.error(f"--onnx runs ONNX Runtime's CPU provider: use --device cpu (got {args.device})")
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        ap.error(f"--onnx needs {', '.join(missing)}: pip install semask[export]")
+    from semask.export import check_export_support
+
+    try:
+        check_export_support()
+    except RuntimeError as err:
+        ap.error(f"--onnx: {err}")
 
 
 if __name__ == "__main__":

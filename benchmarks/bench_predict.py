@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-from _common import peak_bytes
+from _common import device_arg, peak_bytes, run_child, size_hw
 
 import semask
 import semask.infer as infer
+from semask.hub import HF_PREFIX
+from semask.registry import get_config
 
 VARIANTS = {"bounded": None, "full_map": 1 << 62}  # FULL_MAP_BYTES: the library default, or never chunk
 
@@ -46,20 +47,29 @@ def child(variant: str, hw: tuple[int, int], model_name: str, device: str) -> No
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="3000x4000", help="HxW of the photo (default: 12 megapixels)")
-    ap.add_argument("--model", default="semask_swin_tiny_fpn", help="arch (random weights; 150 classes by default)")
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(
+        description="Prints the time and peak memory of one Predictor call on a large random photo, bounded "
+                    "(chunked) logits vs the full map, each in a fresh subprocess, and whether their labels agree.")
+    ap.add_argument("--size", type=size_hw, default="3000x4000", metavar="HxW",
+                    help="height x width of the photo (default: %(default)s, 12 megapixels)")
+    ap.add_argument("--model", default="semask_swin_tiny_fpn",
+                    help="architecture or arch.tag, random weights (default: %(default)s, 150 classes)")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     ap.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    hw = args.size
     if args.child:
         return child(args.child, hw, args.model, args.device)
+    if not args.model.startswith(HF_PREFIX):  # hub repos are resolved (downloaded) by the child alone
+        try:
+            get_config(args.model)
+        except (ValueError, OSError) as err:
+            ap.error(f"--model: {err}")
     got = {}
     for v in VARIANTS:
-        res = subprocess.run([sys.executable, __file__, "--child", v, "--size", args.size, "--model", args.model,
-                              "--device", args.device], capture_output=True, text=True, check=True)
-        got[v] = json.loads(res.stdout.strip().splitlines()[-1])
+        got[v] = run_child([sys.executable, __file__, "--child", v, "--size", f"{hw[0]}x{hw[1]}", "--model",
+                            args.model, "--device", args.device])
     print(f"{args.model} one-pass Predictor, {hw[0]}x{hw[1]} photo, {args.device} ({torch.get_num_threads()} threads), "
           f"FULL_MAP_BYTES {infer.FULL_MAP_BYTES >> 20} MiB:")
     for v, r in got.items():
