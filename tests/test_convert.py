@@ -502,3 +502,42 @@ def test_foreign_weights_name_the_call_that_loads_them(tmp_path: Path) -> None:
         semask.load_original(tmp_path / "ours")
     with pytest.raises(ValueError, match=r"prefixes a model name.*pretrained='.*ours'"):
         semask.create_model("test_semask_swin_fpn", pretrained=f"local-dir:{tmp_path / 'ours'}")
+
+
+_PRETTY_TEXT = """norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    pretrained=None,
+    backbone=dict(
+        type='SeMaskSwinTransformer',
+        embed_dim=24,
+        window_size=7,
+        num_cls=5,
+        sem_window_size={sem},
+        num_sem_blocks=[1, 1, 1, 1]),
+    decode_head=dict(type='BranchFPNHead', channels=32, num_classes=5, norm_cfg=norm_cfg))
+"""
+
+
+@pytest.mark.parametrize("config, expected", [
+    (_PRETTY_TEXT.format(sem=5), 5),  # mmseg's tools/train.py: cfg.pretty_text
+    ({"model": {"backbone": {"type": "SeMaskSwinTransformer", "sem_window_size": 3}}}, 3),  # a config dict
+    (_PRETTY_TEXT.format(sem=7), 7),
+    ("this is not python (", 7),  # unreadable: the tensors' rule (the attention window) with a warning
+    (None, 7),  # the released files record no config
+])
+def test_semantic_window_read_from_the_recorded_training_config(tmp_path, config, expected):
+    """The semantic window is invisible in the weights; a checkpoint that records its training config gives it."""
+    obj = torch.load(FIXTURES / "semask_fpn_tiny_w7.pth", map_location="cpu")
+    if config is not None:
+        obj["meta"]["config"] = config
+    torch.save(obj, tmp_path / "run.pth")
+    model = semask.load_original(tmp_path / "run.pth")
+    assert (model.config.window_size, model.config.sem_window_size) == (7, expected)
+    assert semask.load_original(tmp_path / "run.pth", sem_window_size=7).config.sem_window_size == 7  # override wins
+    if expected != 7:  # the recorded window is used, not just recorded: outputs change
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            a = model(x)["logits"]
+            b = semask.load_original(tmp_path / "run.pth", sem_window_size=7)(x)["logits"]
+        assert not torch.allclose(a, b)

@@ -8,6 +8,7 @@ original code's rule (`original_semantic_attention`) unless the caller overrides
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import pickle
@@ -127,6 +128,36 @@ def unwrap_state_dict(obj: Any) -> StateDict:
     return out
 
 
+def meta_config_fields(obj: Any) -> dict[str, Any]:
+    """Fields the tensors cannot show, from the training config an mmseg checkpoint records: mmseg's tools/train.py
+    saves `cfg.pretty_text` (Python source, read here with `ast`, never executed) or a dict as `meta['config']`.
+    Returns {"sem_window_size": n} when the config sets it, else {} (the released files carry no config)."""
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    config = meta.get("config") if isinstance(meta, Mapping) else None
+    values: set[Any] = set()
+    if isinstance(config, str):
+        try:
+            tree = ast.parse(config)
+        except SyntaxError:
+            _log.warning("meta['config'] of the checkpoint is not Python source; its fields are ignored")
+            return {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "sem_window_size":
+                with contextlib.suppress(ValueError):
+                    values.add(ast.literal_eval(node.value))
+    elif isinstance(config, Mapping):
+        backbone = (config.get("model") or {}).get("backbone") or {}
+        if isinstance(backbone, Mapping) and "sem_window_size" in backbone:
+            values.add(backbone["sem_window_size"])
+    values = {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    if len(values) != 1:
+        if values:
+            _log.warning("meta['config'] of the checkpoint sets sem_window_size to %s; ignored (pass "
+                         "sem_window_size= to choose)", sorted(values))
+        return {}
+    return {"sem_window_size": values.pop()}
+
+
 def original_semantic_attention(embed_dim: int, num_cls: int, num_stages: int) -> tuple[str, ...]:
     """The original SeMask-FPN rule: `embed_dim in (96, 192) and num_cls > 19` -> stages 0-1 windowed and the
     rest global ('large' variant); otherwise every stage windowed."""
@@ -235,7 +266,9 @@ def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: b
         checkpoint: a path to the `.pth` (or a detectron2 `.pkl`), or the loaded object (`{'state_dict': ...}`,
             `{'model': ...}`, bare).
         allow_unsafe: unpickle arbitrary objects (only for files you trust).
-        overrides: `ModelConfig` fields the tensors cannot tell, e.g. `semantic_attention`, `sem_window_size`.
+        overrides: `ModelConfig` fields the tensors cannot tell, e.g. `semantic_attention`, `sem_window_size`
+            (mmseg checkpoints that record their training config in `meta['config']` give `sem_window_size`
+            themselves; an override still wins).
     """
     obj = read_checkpoint(checkpoint, allow_unsafe=allow_unsafe) if isinstance(checkpoint, (str, Path)) \
         else checkpoint
@@ -244,6 +277,7 @@ def load_original(checkpoint: str | Path | Mapping[str, Any], *, allow_unsafe: b
 
     if is_detectron2(sd):
         return load_d2_state_dict(sd, **overrides)
-    model = build_model(infer_mmseg_config(sd, **overrides))
+    recorded = meta_config_fields(obj) if any(k.startswith("backbone.layers.0.semantic_layer.") for k in sd) else {}
+    model = build_model(infer_mmseg_config(sd, **{**recorded, **overrides}))
     model.load_state_dict(mmseg_to_semask(sd, model), strict=True)
     return model.eval()
