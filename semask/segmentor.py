@@ -77,9 +77,10 @@ class Segmentor(nn.Module):
             setattr(self.get_submodule(parent), attr, new)
         self.config = config
         cfg = self.pretrained_cfg
-        if cfg and len((cfg.get("classes") or {}).get("names", ())) not in (0, num_classes):
-            # The recorded class table no longer fits; the preprocessing of the weights still holds.
-            self.pretrained_cfg = {k: v for k, v in cfg.items() if k != "classes"}
+        if cfg and replaced and num_classes != len((cfg.get("classes") or {}).get("names", ())):
+            # The record's classes, dataset and tag no longer describe the outputs; the weights' preprocessing
+            # (mean/std, test scale) still holds.
+            self.pretrained_cfg = {"preprocessing": cfg["preprocessing"]} if cfg.get("preprocessing") else None
         return replaced
 
 

@@ -252,10 +252,14 @@ def test_reset_classifier_in_place(arch: str) -> None:
         model.reset_classifier(0)
 
 
-def test_reset_classifier_drops_a_class_table_that_no_longer_fits() -> None:
+def test_reset_classifier_keeps_only_the_preprocessing_of_a_record_that_no_longer_fits() -> None:
     model = semask.create_model("test_semask_swin_fpn")
-    model.pretrained_cfg = {"preprocessing": {"mean": [0, 0, 0]}, "classes": {"names": list("abcde")}}
+    record = {"name": "x.ade20k", "dataset": "ade20k", "preprocessing": {"mean": [0, 0, 0]},
+              "classes": {"names": list("abcde")}}
+    model.pretrained_cfg = dict(record)
     model.reset_classifier(5)
-    assert "classes" in model.pretrained_cfg  # same count: the table still fits
+    assert model.pretrained_cfg == record  # same count: the record still describes the outputs
     model.reset_classifier(3)
     assert model.pretrained_cfg == {"preprocessing": {"mean": [0, 0, 0]}}
+    predictor = semask.Predictor(model)  # classes generated for the new count, the weights' normalisation kept
+    assert len(predictor.classes.names) == 3
