@@ -207,12 +207,9 @@ def parse_models(text: str) -> list[tuple[str, int]]:
             out.append((name, STANDARD_SIZES[name]))
             continue
         try:
-            img = int(size)
-        except ValueError:
-            raise ValueError(f"size {size!r} of {item.strip()!r} is not an integer") from None
-        if img < 1:
-            raise ValueError(f"size {img} of {item.strip()!r} must be >= 1")
-        out.append((name, img))
+            out.append((name, positive_int(size)))
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"size of {item.strip()!r}: {err}") from None
     return out
 
 
