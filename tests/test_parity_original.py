@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 import semask
+from semask.backbones.swin import relative_position_index
 from semask.train import SeMaskLoss
 
 from .conftest import FIXTURES
@@ -45,13 +46,6 @@ def recipe(case: str) -> dict:
     return json.loads((ORIGINAL / f"{case}.ckpt.json").read_text())
 
 
-def swin_relative_position_index(window: int) -> torch.Tensor:
-    """The int64 buffer every Swin attention block of the original saves (Swin's formula, written out here)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
-
-
 def original_checkpoint(case: str, directory: Path) -> Path:
     """Write `case`'s checkpoint exactly as the original saved it (see the README) to `directory`/`case`.pth."""
     r = recipe(case)
@@ -62,7 +56,7 @@ def original_checkpoint(case: str, directory: Path) -> Path:
     for key in r["keys"]:
         if key in r["int_buffers"]:
             kind, value = r["int_buffers"][key]
-            sd[key] = swin_relative_position_index(value) if kind == "relative_position_index" \
+            sd[key] = relative_position_index(value) if kind == "relative_position_index" \
                 else torch.tensor(value, dtype=torch.int64)
         else:
             sd[key] = stored[key].to(torch.float32)
