@@ -25,8 +25,8 @@ CONFIG_NAME = "config.json"
 HF_PREFIX = "hf-hub:"
 PRETRAINED_CFG = "pretrained_cfg"  # config.json key: the preprocessing and classes the weights expect
 _PORTABLE = ("name", "dataset", "preprocessing", "classes")  # what a saved folder keeps of model.pretrained_cfg
-# Structure fields: weights for one structure cannot be loaded into another (nheads: the tensors cannot tell it,
-# but the same weights split into other heads compute something else).
+# Structure fields: weights for one structure cannot be loaded into another (nheads: the tensors do not always
+# tell it, but the same weights split into other heads compute something else).
 _STRUCTURE = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "in_chans", "decoder",
               "decoder_channels", "num_sem_blocks", "mlp_ratio", "conv_dim", "mask_dim", "hidden_dim", "num_queries",
               "nheads", "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward", "enc_points",
@@ -37,8 +37,9 @@ HIDDEN_FIELDS = ("semantic_attention", "sem_window_size", "nheads")
 
 def structure_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     """The structure fields in which two configs differ such that weights for one do not fit the other: fields
-    that change the tensors, and `nheads` of the mask decoders. A field the architecture does not use (MaskFormer's
-    pixel-decoder encoder sizes, FPN's query decoder) does not count."""
+    that change the tensors, and `nheads` / `enc_points` of the mask decoders (the same tensors split another way).
+    A field the architecture does not use (MaskFormer's pixel-decoder encoder sizes, FPN's query decoder) does not
+    count."""
     bad = [k for k in _STRUCTURE if getattr(a, k) != getattr(b, k)]
     if not bad and a.semantic == b.semantic:
         return []
@@ -46,7 +47,11 @@ def structure_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
         shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (a, b)]
     if shapes[0] != shapes[1]:
         return bad + (["semantic layers"] if a.semantic != b.semantic else [])
-    return ["nheads"] if "nheads" in bad and a.decoder not in ("fpn", "segformer") else []
+    if a.decoder in ("fpn", "segformer"):
+        return []
+    split = ["nheads"] if "nheads" in bad else []
+    return split + (["enc_points"] if "enc_points" in bad and a.enc_layers and b.enc_layers and
+                    a.decoder in ("mask2former", "msfapn_mask2former") else [])
 
 
 def state_dict_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
@@ -316,9 +321,12 @@ def convert_original(path: str | Path, name: str, config: ModelConfig, *, allow_
     `model.pretrained_cfg`, so a folder saved from the result predicts as the tag does.
     """
     from .convert import load_original
+    from .convert.detectron2 import nheads_in_tensors
 
     tagged = "." in name
-    quirks = {k: getattr(config, k) for k in HIDDEN_FIELDS if tagged or pin_layout or k == "nheads"}
+    # Mask2Former / MSFaPN files show their heads: read, then compared with the name's below (never forced onto them)
+    hidden = [k for k in HIDDEN_FIELDS if k != "nheads" or not nheads_in_tensors(config)]
+    quirks = {k: getattr(config, k) for k in hidden if tagged or pin_layout or k == "nheads"}
     model = load_original(path, allow_unsafe=allow_unsafe, **{**quirks, **(overrides or {})})
     n = model.config.num_classes  # the architecture is compared apart from the classes, checked next
     bad = structure_differences(model.config, config.replace(num_classes=n,

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import semask
 from semask.convert.detectron2 import d2_to_semask, detect_decoder, infer_d2_config, save_d2, semask_to_d2
 from semask.decoders.maskformer import semantic_inference
-from semask.hub import load_manifest
+from semask.hub import convert_original, load_manifest
+from semask.registry import get_config
 from semask.segmentor import build_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -177,6 +178,51 @@ def test_round_trip_through_detectron2_layout(arch, tmp_path):
     again = semask.create_model(f"local-dir:{tmp_path / 'folder'}").eval()
     with torch.no_grad():
         assert torch.equal(again(x)["logits"], a["logits"])
+
+
+@pytest.mark.parametrize("arch", ["test_semask_mask2former", "test_semask_msfapn_mask2former"])
+def test_heads_read_from_the_deformable_encoder(arch):
+    """The original builds the encoder with the decoder's heads and 4 points: its rows tell `nheads` (here 4, not
+    the released 8 a MaskFormer / FaPN checkpoint is read with); an explicit `nheads` still wins."""
+    model = semask.create_model(arch).eval()
+    sd = semask_to_d2(model)["model"]
+    assert (model.config.nheads, model.config.enc_points) == (4, 4)
+    loaded = semask.load_original(sd)
+    assert (loaded.config.nheads, loaded.config.enc_points) == (4, 4)
+    x = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x)["logits"], model(x)["logits"])
+    forced = semask.load_original(sd, nheads=8)  # another points count (a fork's), as the user says
+    assert (forced.config.nheads, forced.config.enc_points) == (8, 2)
+    rows = "sem_seg_head.pixel_decoder.transformer.encoder.layers.0.self_attn.attention_weights."
+    odd = {k: (v[:-1] if k.startswith(rows) else v) for k, v in sd.items()}  # 47 rows: no 3 x 4 split
+    with pytest.raises(ValueError, match="pass nheads="):
+        semask.load_original(odd)
+    with pytest.raises(ValueError, match="nheads=3 does not fit"):
+        semask.load_original(sd, nheads=3)
+
+
+def test_named_architecture_checks_the_heads_the_file_shows(tmp_path):
+    """Converting under a name compares the heads read from the file with the name's, instead of forcing the
+    name's heads onto it (which split the same rows into other points, silently)."""
+    model = semask.create_model("test_semask_mask2former").eval()
+    path = save_d2(model, tmp_path / "model_final.pth")
+    layout = dict(semantic_attention=model.config.semantic_attention)  # not the original's rule for 5 classes
+    loaded = semask.create_model("test_semask_mask2former", pretrained=path, **layout)  # 4 heads, as the file
+    assert (loaded.config.nheads, loaded.config.enc_points) == (4, 4)
+    eight = get_config("test_semask_mask2former", **layout).replace(nheads=8)
+    with pytest.raises(ValueError, match=r"differ in \['nheads'\]"):
+        convert_original(path, "test_semask_mask2former", eight, overrides=layout)
+    with pytest.raises(ValueError, match="enc_points"):  # forced heads: the points no longer match the name's
+        semask.create_model("test_semask_mask2former", pretrained=path, nheads=8, **layout)
+
+
+def test_heads_default_without_an_encoder():
+    """MaskFormer / FaPN tensors cannot show the heads: the released configs' 8 unless told."""
+    for arch in ("test_semask_maskformer", "test_semask_fapn_mask2former"):
+        sd = semask_to_d2(semask.create_model(arch))["model"]
+        assert semask.load_original(sd).config.nheads == 8
+        assert semask.load_original(sd, nheads=4).config.nheads == 4
 
 
 def test_leftover_keys_fail():

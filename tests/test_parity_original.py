@@ -33,8 +33,9 @@ MARGIN = 1e-4  # argmax is compared where the original's own top-2 margin is lar
 FPN_CASES = ["fpn_semask_e96_k20_global", "fpn_semask_e16_w12", "fpn_semask_e16_w12_sw7", "fpn_swin_e8_w7"]
 D2_CASES = ["d2_semask_mask2former", "d2_semask_fapn_mask2former", "d2_semask_msfapn_mask2former"]
 # ModelConfig fields the tensors cannot tell and detectron2 checkpoints do not record; the original was built with
-# these. (Case sw7's sem_window_size=7 comes from the training config its meta records, as mmseg saves it.)
-OVERRIDES = {c: dict(nheads=4) for c in D2_CASES}
+# these: FaPN has no deformable encoder to show its heads (Mask2Former / MSFaPN do). (Case sw7's sem_window_size=7
+# comes from the training config its meta records, as mmseg saves it.)
+OVERRIDES = {"d2_semask_fapn_mask2former": dict(nheads=4)}
 KIND = {"SWSeMaskBlock": "window", "SeMaskBlock": "global"}
 D2_DECODER = {"MSDeformAttnPixelDecoder": "mask2former", "PixelFANDecoder": "fapn_mask2former",
               "MSDeformAttnPixelFANDecoder": "msfapn_mask2former"}

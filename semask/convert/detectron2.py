@@ -4,7 +4,8 @@ Our module names are the detectron2 ones, so conversion drops what we rebuild (`
 `relative_position_index` buffers) and copies the rest, failing on leftovers. The architecture comes from tensor
 shapes; the pixel decoder from the keys (FaPN: `align_*` without `pixel_decoder.transformer`; MSFaPN: both —
 never from file names, quirk of the swapped Drive links). What the tensors cannot tell comes from the original
-configs unless overridden: attention heads (`nheads`, 8), the windowed/global semantic layout and the semantic
+configs unless overridden: the attention heads (`nheads`, 8) of MaskFormer and FaPN (Mask2Former and MSFaPN show
+them in their deformable encoder, see `_encoder_heads`), the windowed/global semantic layout and the semantic
 window (§2.2 of the reference: MaskFormer W W W G; Mask2Former W W W G for 150 classes else W W W W with window 7,
 the config default the Cityscapes release kept; FaPN/MSFaPN W W G G).
 """
@@ -26,6 +27,8 @@ from .common import fail_on_unmapped
 StateDict = dict[str, torch.Tensor]
 W, G = "window", "global"
 PD, PR = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
+DEFAULT_NHEADS = 8  # MASK_FORMER.NHEADS of every released config: what MaskFormer / FaPN checkpoints are read with
+ORIGINAL_ENC_POINTS = 4  # the deformable encoder's sampling points, fixed in the original pixel decoders
 
 
 def is_detectron2(sd: Mapping[str, Any]) -> bool:
@@ -91,7 +94,7 @@ def infer_d2_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> ModelCo
         sem_num_classes=q.shape[0] if q.shape[0] != num_classes else None,
         hidden_dim=hidden, mask_dim=sd[PD + "mask_features.weight"].shape[0],
         conv_dim=sd[PD + "mask_features.weight"].shape[1], num_queries=sd[PR + "query_embed.weight"].shape[0],
-        nheads=overrides.get("nheads", 8))
+        nheads=overrides.get("nheads", DEFAULT_NHEADS))
     if decoder == "maskformer":
         fields.update(dec_layers=_count(sd, re.escape(PR) + r"transformer\.decoder\.layers\.(\d+)\."),
                       dim_feedforward=sd[PR + "transformer.decoder.layers.0.linear1.weight"].shape[0],
@@ -106,13 +109,37 @@ def infer_d2_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> ModelCo
         enc = PD + "transformer.encoder.layers."
         n_enc = _count(sd, re.escape(enc) + r"(\d+)\.")
         if n_enc:
-            aw = sd[enc + "0.self_attn.attention_weights.weight"]  # [nheads * levels * points, C]
+            rows = sd[enc + "0.self_attn.attention_weights.weight"].shape[0]  # nheads * levels * points
             fields.update(enc_layers=n_enc, enc_dim_feedforward=sd[enc + "0.linear1.weight"].shape[0],
-                          enc_points=aw.shape[0] // (fields["nheads"] * sd[PD + "transformer.level_embed"].shape[0]))
+                          **_encoder_heads(rows, sd[PD + "transformer.level_embed"].shape[0], overrides.get("nheads")))
     layout, sem_window = original_d2_semantic(decoder, num_classes, n)
     fields.update(semantic_attention=layout, sem_window_size=sem_window or window)
     config = ModelConfig(**fields).replace(**overrides)
     return config.replace(arch=overrides.get("arch") or _registered_arch(config))
+
+
+def nheads_in_tensors(config: ModelConfig) -> bool:
+    """Whether a detectron2 file of this architecture shows its `nheads` (in its deformable encoder)."""
+    return config.decoder in ("mask2former", "msfapn_mask2former") and config.enc_layers > 0
+
+
+def _encoder_heads(rows: int, levels: int, nheads: int | None) -> dict[str, int]:
+    """`nheads` and `enc_points` from the deformable encoder's `attention_weights` rows (nheads * levels * points).
+
+    Both original pixel decoders with an encoder (Mask2Former's `MSDeformAttnPixelDecoder`, SeMask-FAPN's
+    `MSDeformAttnPixelFANDecoder`) build it with `MASK_FORMER.NHEADS` heads, the transformer decoder's, and leave its
+    sampling points at the default 4 (no config key reaches it), so the rows tell the heads. An explicit `nheads`
+    wins (a fork that changed the points)."""
+    if nheads is None:
+        if rows % (levels * ORIGINAL_ENC_POINTS):
+            raise ValueError(f"the deformable encoder has {rows} attention-weight rows, not a multiple of "
+                             f"{levels} levels x {ORIGINAL_ENC_POINTS} points as the original code builds it; "
+                             "pass nheads= (MASK_FORMER.NHEADS of the run's config)")
+        nheads = rows // (levels * ORIGINAL_ENC_POINTS)
+    if rows % (levels * nheads):
+        raise ValueError(f"nheads={nheads} does not fit the deformable encoder's {rows} attention-weight rows "
+                         f"({levels} levels x nheads x points)")
+    return {"nheads": nheads, "enc_points": rows // (levels * nheads)}
 
 
 def _registered_arch(config: ModelConfig) -> str:
