@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .data.datasets import pil_to_rgb
 from .data.palettes import ClassInfo, get_class_info
 from .devices import resolve_device
 
@@ -62,19 +63,6 @@ def _check_pixels(h: int, w: int, max_pixels: int | None, what: str) -> None:
                          f"it or raise the limit (Predictor(max_pixels=...), CLI --max-pixels)")
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> [H, W, 3] uint8 RGB (16/32-bit and float grey scaled to 8 bits, alpha dropped)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
-            arr = arr / 257.0  # 16-bit -> 8-bit, 65535 -> 255
-        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0  # float images in [0, 1] (scientific TIFFs), as float tensors are read
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=-1)
-    return np.asarray(img.convert("RGB"))  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...
-
-
 def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as [H, W, 3] uint8 RGB, EXIF orientation applied; clear errors for bad files."""
     path = Path(path)
@@ -87,7 +75,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             w, h = img.size  # from the header; nothing decoded yet
             _check_pixels(h, w, max_pixels, str(path))
             img.load()
-            return _pil_to_rgb(ImageOps.exif_transpose(img))
+            return pil_to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as err:
         raise ValueError(f"{path} is not an image Pillow can read (wrong extension or corrupt data)") from err
     except Image.DecompressionBombError as err:
@@ -142,7 +130,7 @@ def to_rgb_list(inputs: ImageInput | Sequence[ImageInput], *,
             out.append(load_image(item, max_pixels=max_pixels))
         elif isinstance(item, Image.Image):
             _check_pixels(item.height, item.width, max_pixels, "PIL image")
-            out.append(_pil_to_rgb(ImageOps.exif_transpose(item)))
+            out.append(pil_to_rgb(ImageOps.exif_transpose(item)))
         elif isinstance(item, np.ndarray):
             out.append(_array_to_rgb(item, max_pixels))
         elif isinstance(item, torch.Tensor):

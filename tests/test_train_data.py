@@ -24,6 +24,7 @@ from semask.data.transforms import (
     rescale_size,
     train_transforms,
 )
+from semask.infer import load_image
 from tests._trainkit import one_thread  # noqa: F401
 
 
@@ -46,6 +47,17 @@ def test_folder_dataset_loads_pairs(tmp_path):
     assert len(ds) == 2 and ds.classes == ("a", "b", "c")
     s = ds.load(0)
     assert s["image"].shape == (2, 2, 3) and s["label"].tolist() == [[0, 1], [2, 255]]
+
+
+def test_16_bit_images_train_as_they_are_segmented(tmp_path):
+    """A 16-bit grey PNG is scaled to 8 bits (as the Predictor reads it), not clipped to white by Pillow's RGB
+    conversion: training, `semask eval` and `semask segment` see the same pixels."""
+    root = _folder(tmp_path, {"x": np.zeros((2, 2))})
+    grey16 = np.array([[0, 65535], [32896, 2570]], dtype=np.uint16)
+    Image.fromarray(grey16).save(root / "images" / "x.png")
+    image = folder(root).load(0)["image"]
+    assert image[..., 0].tolist() == [[0, 255], [128, 10]] and (image == image[..., :1]).all()
+    assert np.array_equal(image, load_image(root / "images" / "x.png"))
 
 
 def test_label_out_of_range_names_file_and_values(tmp_path):

@@ -54,13 +54,27 @@ def read_image(path: str | Path) -> np.ndarray:
     return _read_image(path)[0]
 
 
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> [H, W, 3] uint8 RGB (16/32-bit and float grey scaled to 8 bits, alpha dropped); the one
+    conversion of training, `semask eval` and the `Predictor`, so each sees the same pixels."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0  # 16-bit -> 8-bit, 65535 -> 255
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1] (scientific TIFFs), as float tensors are read
+        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"))  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...
+
+
 def _read_image(path: str | Path) -> tuple[np.ndarray, int]:
     """`read_image` and the image's EXIF orientation tag (1 when untagged), for the size-mismatch error."""
     try:
         with Image.open(path) as im:
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im  # untagged: no extra copy
-            return np.asarray(upright.convert("RGB")), orientation
+            return pil_to_rgb(upright), orientation
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
