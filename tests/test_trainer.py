@@ -334,6 +334,28 @@ def test_resume_refuses_another_models_checkpoint(data_root, reference):
         Trainer(tiny_config(data_root, ref_out, model_overrides=wider, resume=ckpt), progress=False)
 
 
+def test_eval_and_resume_refuse_another_semantic_layout(data_root, reference, tmp_path):
+    """Fields no tensor shows (semantic layout / window, heads) still make another model: a checkpoint trained with
+    other ones is refused naming them, from its recorded `model_config`, or for older checkpoints from its name and
+    model_overrides."""
+    ref_out, _, _ = reference
+    ckpt_path = ref_out / "checkpoints" / "iter_0000006.pt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    assert ckpt["model_config"]["semantic_attention"] == ["window"] * 4
+    other = dict(tiny_config(data_root, ref_out).model_overrides, semantic_attention=("window",) * 3 + ("global",))
+    cfg = tiny_config(data_root, tmp_path, model_overrides=other)
+    why = (r"another model: .* \(the tensors match but semantic_attention \('window', 'window', 'window', "
+           r"'window'\) vs \('window', 'window', 'window', 'global'\): the same weights compute other outputs\)")
+    with pytest.raises(ValueError, match=why):
+        evaluate_checkpoint(cfg, ckpt_path)
+    del ckpt["model_config"]  # as written before it was kept
+    atomic_save(ckpt, tmp_path / "older.pt")
+    with pytest.raises(ValueError, match=why):
+        evaluate_checkpoint(cfg, tmp_path / "older.pt")
+    with pytest.raises(ValueError, match=why):
+        Trainer(tiny_config(data_root, ref_out, model_overrides=other, resume=str(ckpt_path)), progress=False)
+
+
 def test_resume_from_an_older_checkpoint_refuses_to_mix_runs(data_root, reference, tmp_path):
     """resume=PATH behind newer iter_*.pt in out_dir: the resumed run would overwrite and prune them, so it is
     refused naming them and both fixes; with the newer files moved away it resumes from PATH."""

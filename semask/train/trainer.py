@@ -36,7 +36,7 @@ from ..data import (
     train_transforms,
 )
 from ..devices import resolve_device
-from ..hub import state_dict_differences
+from ..hub import HIDDEN_FIELDS, state_dict_differences
 from ..infer import aug_test
 from .checkpoint import (
     atomic_save,
@@ -227,7 +227,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "best_miou": self.best_miou, "rng": rng, "world_size": self.world,
                 "config": json.loads(json.dumps(self.cfg.to_dict(), default=list)), "records": self.records,
-                "last_eval": self.last_eval, "classes": list(self.train_set.classes)}
+                "last_eval": self.last_eval, "classes": list(self.train_set.classes),
+                "model_config": self.module.config.to_dict()}  # the fields no tensor shows, for eval and resume
 
     def save_checkpoint(self, *, best: bool = False) -> Path | None:
         state = self.state_dict()  # collective: every process takes part
@@ -573,7 +574,8 @@ def _checkpoint_mismatch(ckpt: dict, model: nn.Module, config: TrainConfig, data
     diffs = state_dict_differences(model.state_dict(), ckpt["model"])
     saved_model = str(saved.get("model", config.model))  # none recorded (a bare {"model": ...}): the tensors decide
     same_arch = saved_model.partition(".")[0] == config.model.partition(".")[0]
-    if not diffs and same_arch:
+    hidden = _hidden_differences(ckpt, model) if not diffs else []
+    if not diffs and same_arch and not hidden:
         return None
     saved_classes = ckpt.get("classes")  # absent from checkpoints written before it was kept
     if saved_classes is not None and len(saved_classes) != dataset.num_classes:
@@ -584,11 +586,43 @@ def _checkpoint_mismatch(ckpt: dict, model: nn.Module, config: TrainConfig, data
     theirs = saved.get("model_overrides") or {}
     both = ours != theirs  # name the overrides only where they differ
     detail = (f"{len(diffs)} tensor(s) differ, e.g. {'; '.join(diffs[:3])}" if diffs else
+              f"the tensors match but {'; '.join(hidden)}: the same weights compute other outputs" if hidden else
               "the tensors match but the architectures differ")
-    if same_arch and not both:  # an older checkpoint (no class list kept): the class count is the likely cause
+    if same_arch and not both and not hidden:  # an older checkpoint (no class list kept): likely the class count
         detail += f"; {dataset.name} has {dataset.num_classes} classes: was it trained on another class list?"
     return "model", (f"it was trained with {_describe_model(saved_model, theirs if both else {})}, {builds} "
                      f"{_describe_model(config.model, ours if both else {})} ({detail})")
+
+
+def _hidden_differences(ckpt: dict, model: nn.Module) -> list[str]:
+    """The fields no tensor shows (`HIDDEN_FIELDS`: semantic layout, semantic window, mask-decoder heads) in which
+    the model a checkpoint was trained as and `model` differ, e.g. "semantic_attention (...) vs (...)". From the
+    checkpoint's `model_config`; older checkpoints: rebuilt from their registry name and model_overrides (other
+    names, or ones this version does not know: nothing to compare)."""
+    recorded = ckpt.get("model_config")
+    if isinstance(recorded, dict):
+        theirs = {k: recorded.get(k) for k in HIDDEN_FIELDS}
+    else:
+        saved = ckpt.get("config") or {}
+        name = saved.get("model")
+        if not isinstance(name, str) or ":" in name:  # local-dir: / hf-hub: (never fetched here)
+            return []
+        from ..registry import get_config  # late: the registry imports the loaders
+
+        try:
+            cfg = get_config(name, **(saved.get("model_overrides") or {}))
+        except (KeyError, TypeError, ValueError):
+            return []
+        theirs = {k: getattr(cfg, k) for k in HIDDEN_FIELDS}
+
+    def norm(v: Any) -> Any:
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    ours = getattr(model, "config", None)
+    if ours is None:
+        return []
+    return [f"{k} {norm(theirs[k])} vs {norm(getattr(ours, k))}" for k in HIDDEN_FIELDS
+            if norm(theirs[k]) != norm(getattr(ours, k))]
 
 
 def _preview(classes: Sequence[str]) -> str:
