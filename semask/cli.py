@@ -57,7 +57,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .export import check_export_support, export_onnx, export_program
+    from .export import check_export_support, deployment_metadata, export_onnx, export_program
     from .infer import load_model
 
     try:  # before building the model: an old torch cannot export whatever the model
@@ -75,11 +75,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 2
     # As the Predictor: a tag loads its published weights (or fails with how to get them), --weights local ones;
     # a bare architecture without --weights exports random weights, with a warning.
+    if args.dataset and fmt != "onnx":
+        print("semask export: error: --dataset sets the class table in an ONNX file's metadata; .pt2 programs "
+              "carry none: drop it", file=sys.stderr)
+        return 2
     model = load_model(args.model, args.weights).eval()
     size = tuple(args.size)
     try:
         if fmt == "onnx":
-            path = export_onnx(model, args.out, example_size=size, opset=args.opset)
+            metadata = deployment_metadata(model, dataset=args.dataset)
+            path = export_onnx(model, args.out, example_size=size, opset=args.opset, metadata=metadata)
         else:
             path = args.out
             torch.export.save(export_program(model, example_size=size), path)
@@ -349,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=[512, 512], help="example input traced: N or HxW (512); "
                                                                   "the program accepts other sizes")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--dataset", help="class table (e.g. ade20k) written into the ONNX metadata for weights that "
+                                     "record none (default: the weights' own; else guessed from the class count, "
+                                     "with a warning)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("convert", help="convert an original checkpoint (mmseg or detectron2) to model.safetensors + "

@@ -109,17 +109,28 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_size: int = MAX_SIZE
-                        ) -> dict[str, Any]:
+def deployment_metadata(model: nn.Module, *, dataset: str | None = None, min_size: int | None = None,
+                        max_size: int = MAX_SIZE) -> dict[str, Any]:
     """What a runtime needs besides the graph to segment an image as the `Predictor` does (JSON-ready): the
     weights' preprocessing, the classes (names, palette, the offset of the dataset's label ids) and what the
     outputs are. `export_onnx` writes it into the file as metadata_props["semask"];
-    `examples/onnx_segment.py` follows it with numpy, Pillow and onnxruntime alone."""
-    from .infer import model_classes, model_preprocessing
+    `examples/onnx_segment.py` follows it with numpy, Pillow and onnxruntime alone.
+
+    `dataset` names the class table of a model whose weights record none (as the Predictor's `dataset=`);
+    without it such a model's table is guessed from its class count, with a warning, and "dataset_guessed" is
+    true."""
+    from .data.palettes import get_class_info
+    from .infer import model_classes, model_preprocessing, warn_guessed_dataset
 
     cfg = model.config
     pre, guessed = model_preprocessing(model)
-    classes = model_classes(model, pre.get("dataset") or guessed)
+    if dataset is not None:
+        classes, guessed = get_class_info(dataset, cfg.num_classes), None
+    else:
+        classes = model_classes(model, pre.get("dataset") or guessed)
+        if guessed:
+            warn_guessed_dataset(model, guessed, "pass dataset= to deployment_metadata (semask export --dataset) "
+                                                 "if that is wrong")
     scores = ("semantic scores (softmax(class) x sigmoid(mask) summed over queries)"
               if cfg.decoder not in ("fpn", "segformer") else "class logits")
     return {
@@ -127,6 +138,7 @@ def deployment_metadata(model: nn.Module, *, min_size: int | None = None, max_si
         "tag": (getattr(model, "pretrained_cfg", None) or {}).get("name"),  # whose preprocessing and classes
         "num_classes": cfg.num_classes,
         "dataset": classes.name,
+        "dataset_guessed": guessed is not None,  # from the class count alone: the weights record no dataset
         "class_names": list(classes.names),
         "palette": classes.palette.tolist(),
         "label_offset": classes.label_offset,

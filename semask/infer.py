@@ -305,19 +305,34 @@ def model_preprocessing(model: nn.Module) -> tuple[dict[str, Any], str | None]:
     """(preprocessing, guessed dataset) of a model's weights: what they record (a tag's manifest entry, a semask
     training run's record; its dataset under the "dataset" key, guess None); for models without a record, that of
     `arch.dataset` guessed from the class count (150 ADE20K, 19 Cityscapes, 171 COCO-Stuff-10k), else the paper's
-    defaults (guess None). What the `Predictor` and exported ONNX files (`semask.export`) use."""
-    entry = getattr(model, "pretrained_cfg", None)
-    if entry and entry.get("preprocessing"):
-        return dict(DEFAULT_PREPROCESSING, **entry["preprocessing"], dataset=entry.get("dataset")), None
+    defaults (guess None). A record with preprocessing but neither dataset nor classes (a model re-headed by
+    `reset_classifier` keeps only its weights' preprocessing) gives that preprocessing and the count's guess, since
+    the class table is still chosen by count. What the `Predictor` and exported ONNX files (`semask.export`) use;
+    both say a guess with `warn_guessed_dataset`."""
+    entry = getattr(model, "pretrained_cfg", None) or {}
+    n = model.config.num_classes
+    info = get_class_info(num_classes=n)
+    guess = info.name if info.name != "custom" else None
+    if entry.get("preprocessing"):
+        saved = entry.get("classes") or {}
+        named = entry.get("dataset") or len(saved.get("names", ())) == n
+        return dict(DEFAULT_PREPROCESSING, **entry["preprocessing"], dataset=entry.get("dataset")), (
+            None if named else guess)
     from .hub import load_manifest
 
-    info = get_class_info(num_classes=model.config.num_classes)
-    guess = info.name if info.name != "custom" else None
     entry = load_manifest().get(f"{model.config.arch}.{guess}") or load_manifest().get(
         f"semask_swin_tiny_fpn.{guess}")
     if entry:
         return dict(entry["preprocessing"]), guess
     return dict(DEFAULT_PREPROCESSING), None
+
+
+def warn_guessed_dataset(model: nn.Module, guessed: str, fix: str) -> None:
+    """Say that `guessed` (from `model_preprocessing`) was assumed for a model whose weights record no dataset."""
+    recorded = bool((getattr(model, "pretrained_cfg", None) or {}).get("preprocessing"))
+    what = "class names, palette, label ids as written to label PNGs" + ("" if recorded else ", preprocessing")
+    _log.warning("%d classes and no recorded dataset: assuming %s (%s); %s", model.config.num_classes, guessed,
+                 what, fix)
 
 
 def model_classes(model: nn.Module, dataset: str | None) -> ClassInfo:
@@ -413,9 +428,7 @@ class Predictor:
         pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
         if guessed and not (dataset or classes):  # an untagged model without recorded classes
-            _log.warning("%d classes and no recorded dataset: assuming %s (class names, palette, label ids as written "
-                         "to label PNGs, preprocessing); pass dataset= / classes= / test_scale= if that is wrong",
-                         cfg.num_classes, guessed)
+            warn_guessed_dataset(self.model, guessed, "pass dataset= / classes= / test_scale= if that is wrong")
         if classes is not None and len(classes.names) != cfg.num_classes:
             raise ValueError(f"classes= has {len(classes.names)} names ({classes.name}) but the model predicts "
                              f"{cfg.num_classes} classes: pass the class table the model was trained with")

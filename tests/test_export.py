@@ -222,6 +222,17 @@ def test_example_size_outside_the_program_range_is_a_clear_error(tmp_path, capsy
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_cli_export_dataset_errors(tmp_path, capsys):
+    """--dataset is ONNX metadata: refused for .pt2 programs; an unknown or misfitting table is a one-line error."""
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.pt2"), "--dataset", "ade20k"]) == 2
+    assert ".pt2 programs carry none" in capsys.readouterr().err
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.onnx"), "--dataset", "ade20k"]) == 2
+    assert "ade20k has 150 classes, the model 5" in capsys.readouterr().err
+    assert main(["export", "test_swin_fpn", str(tmp_path / "m.onnx"), "--dataset", "voc"]) == 2
+    assert "unknown dataset 'voc'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_export_rejects_unknown_format(tmp_path):
     with pytest.raises(SystemExit):
         main(["export", "test_semask_swin_fpn", str(tmp_path / "m.x"), "--format", "tflite"])

@@ -322,6 +322,34 @@ def test_weights_folders_keep_their_classes_and_preprocessing(tmp_path, caplog):
     assert bare.classes.name == "ade20k" and "assuming ade20k" in caplog.text
 
 
+def test_a_re_headed_model_says_its_class_table_is_guessed(caplog):
+    """reset_classifier keeps only the weights' preprocessing: the class table is chosen by count again, and the
+    Predictor and ONNX metadata say so (the preprocessing stays the record's, so it is not named as assumed)."""
+    from semask.export import deployment_metadata
+
+    model = semask.create_model("semask_swin_tiny_fpn.ade20k", depths=(1, 1, 1, 1), decoder_channels=8)
+    model.reset_classifier(19)
+    assert list(model.pretrained_cfg) == ["preprocessing"]
+    with caplog.at_level("WARNING"):
+        p = Predictor(model, device="cpu")
+    assert "19 classes and no recorded dataset: assuming cityscapes (class names, palette, label ids as written to " \
+           "label PNGs); pass dataset=" in caplog.text
+    assert p.classes.name == "cityscapes" and p.test_scale == (2048, 512)  # ADE20K weights' preprocessing kept
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        meta = deployment_metadata(model)
+    assert "assuming cityscapes" in caplog.text and "semask export --dataset" in caplog.text
+    assert (meta["dataset"], meta["dataset_guessed"], meta["input"]["test_scale"]) == ("cityscapes", True, [2048, 512])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        meta = deployment_metadata(model, dataset="cityscapes")
+    assert "assuming" not in caplog.text and (meta["dataset"], meta["dataset_guessed"]) == ("cityscapes", False)
+    with pytest.raises(ValueError, match="ade20k has 150 classes, the model 19"):
+        deployment_metadata(model, dataset="ade20k")
+    tagged = deployment_metadata(semask.create_model("semask_swin_tiny_fpn.ade20k", depths=(1, 1, 1, 1)))
+    assert (tagged["dataset"], tagged["dataset_guessed"]) == ("ade20k", False)
+
+
 @pytest.mark.parametrize("scale", [512, (64,), (0, 5), "native", (64.0, 32)])
 def test_bad_test_scale_is_refused(model, scale):
     with pytest.raises(ValueError, match="test_scale must be"):
