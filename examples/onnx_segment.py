@@ -75,8 +75,10 @@ def segment(session: ort.InferenceSession, meta: dict, image: np.ndarray) -> np.
     pre = meta["input"]
     h, w = image.shape[:2]
     size = rescale_size(h, w, pre["test_scale"]) if pre["test_scale"] else (h, w)  # null: the weights' own size
+    if size != (h, w) and pre.get("resize") == "pil":  # mask-classification models: detectron2 resizes with Pillow
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
     x = image.transpose(2, 0, 1).astype(np.float32)  # [3, H, W], 0..255
-    if size != (h, w):
+    if x.shape[1:] != size:  # "bilinear": mmseg's resize (no antialiasing), as torch computes it
         x = np.clip(np.rint(resize_bilinear(x, size)), 0, 255)
     mean = np.asarray(pre["mean"], np.float32)[:, None, None]
     std = np.asarray(pre["std"], np.float32)[:, None, None]

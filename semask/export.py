@@ -109,6 +109,15 @@ def export_program(model: nn.Module, *, example_size: tuple[int, int] = DEFAULT_
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
+# How each `semask.infer.input_resize` rule resizes the image, for runtimes that follow the metadata.
+RESIZE_STEPS = {
+    "bilinear": "bilinear with half-pixel centres and no antialiasing, on the uint8 image as float; round and clip "
+                "to 0..255 (mmseg's cv2.resize)",
+    "pil": "Pillow's Image.resize(size, Image.BILINEAR) on the uint8 RGB image (antialiased when it shrinks; "
+           "detectron2's ResizeShortestEdge)",
+}
+
+
 def deployment_metadata(model: nn.Module, *, dataset: str | None = None, min_size: int | None = None,
                         max_size: int = MAX_SIZE) -> dict[str, Any]:
     """What a runtime needs besides the graph to segment an image as the `Predictor` does (JSON-ready): the
@@ -120,10 +129,11 @@ def deployment_metadata(model: nn.Module, *, dataset: str | None = None, min_siz
     without it such a model's table is guessed from its class count, with a warning, and "dataset_guessed" is
     true."""
     from .data.palettes import get_class_info
-    from .infer import model_classes, model_preprocessing, warn_guessed_dataset
+    from .infer import input_resize, model_classes, model_preprocessing, warn_guessed_dataset
 
     cfg = model.config
     pre, guessed = model_preprocessing(model)
+    resize = input_resize(model)
     if dataset is not None:
         classes, guessed = get_class_info(dataset, cfg.num_classes), None
     else:
@@ -151,10 +161,10 @@ def deployment_metadata(model: nn.Module, *, dataset: str | None = None, min_siz
             "pad_to_min": int(getattr(model.backbone, "min_size", 1)),
             "test_scale": None if pre["test_scale"] in (None, "original") else list(pre["test_scale"]),
             "mean": list(pre["mean"]), "std": list(pre["std"]),
+            "resize": resize,
             "steps": "resize the 0..255 RGB image keeping its aspect ratio to the largest size with long side <= "
                      "max(test_scale) and short side <= min(test_scale) (it may upscale; sizes rounded half up; "
-                     "test_scale null: no resize), "
-                     "bilinear with half-pixel centres and no antialiasing; round and clip to 0..255; "
+                     "test_scale null: no resize), " + RESIZE_STEPS[resize] + "; "
                      "(x - mean) / std per channel; a side below pad_to_min is zero-padded at the bottom/right "
                      "to pad_to_min (the logits cropped back)",
         },

@@ -203,6 +203,13 @@ def _stage_strides(cfg: Any) -> list[int]:
     return [cfg.patch_size * 2 ** i for i in range(len(cfg.depths))]
 
 
+def input_resize(model: nn.Module) -> str:
+    """How the original pipeline resizes a model's input image to the test scale: "pil" for the mask-classification
+    models (detectron2's `ResizeShortestEdge`: Pillow's bilinear filter on the uint8 image, antialiased when it
+    shrinks), "bilinear" for the rest (mmseg's `cv2.resize`: bilinear, half-pixel centres, no antialiasing)."""
+    return "bilinear" if model.config.decoder in ("fpn", "segformer") else "pil"
+
+
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -425,6 +432,7 @@ class Predictor:
         cfg = self.model.config
         # MaskFormer / Mask2Former / FaPN: "logits" are semantic scores (>= 0), averaged and normalised as such
         self.semantic_scores = cfg.decoder not in ("fpn", "segformer")
+        self.resize = input_resize(self.model)  # the original pipeline's image resize (detectron2: Pillow's)
         pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed
         if guessed and not (dataset or classes):  # an untagged model without recorded classes
@@ -472,8 +480,13 @@ class Predictor:
             bound = self.test_scale or (max(h, w), min(h, w))  # "original": a bound the image already fits
             scale = [int(s * ratio) for s in bound]
             size = rescale_size(h, w, scale)
-            # mmseg resizes the uint8 image (cv2 bilinear, no antialias), then normalises.
-            xs = _resize(x, size).round().clamp(0, 255) if size != (h, w) else x
+            if size == (h, w):
+                xs = x
+            elif self.resize == "pil":  # detectron2: Pillow's bilinear filter on the uint8 image
+                small = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                xs = torch.tensor(np.asarray(small), device=self.device).permute(2, 0, 1)[None].float()
+            else:  # mmseg resizes the uint8 image (cv2 bilinear, no antialias), then normalises.
+                xs = _resize(x, size).round().clamp(0, 255)
             xs = (xs - self.mean.to(xs.device)) / self.std.to(xs.device)
             for flip in (False, True) if self.flip else (False,):
                 logits, stage_priors = self._run(xs.flip(-1) if flip else xs)  # [1, K, h', w']

@@ -416,13 +416,14 @@ def test_mask_classification_scores_are_averaged_and_normalised_not_softmaxed(ma
     img = _image(23, 31, seed=2)
     scales = (0.5, 1.0, 1.5)
     views = []
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
     with torch.no_grad():
         for r in scales:
             size = rescale_size(23, 31, (int(SMALL[0] * r), int(SMALL[1] * r)))
-            xs = (F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255) - mean) / std
+            # detectron2's resize (Pillow's bilinear filter on the uint8 image), as `input_resize` says
+            resized = np.array(Image.fromarray(img).resize(size[::-1], Image.Resampling.BILINEAR))
+            xs = (torch.from_numpy(resized).permute(2, 0, 1)[None].float() - mean) / std
             for flip in (False, True):
                 out = F.interpolate(mask_model(xs.flip(-1) if flip else xs)["logits"], size=(23, 31),
                                     mode="bilinear", align_corners=False)[0]
@@ -552,3 +553,58 @@ def test_devices_torch_cannot_use_here_are_a_clear_error(name, monkeypatch):
         monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
     with pytest.raises(ValueError, match=f"device '{name}'.*not available.*'cpu'"):
         resolve_device(name)
+
+
+def test_input_resize_follows_each_family_original_pipeline(model, mask_model, monkeypatch):
+    """Mask-classification models see the test-scale image as detectron2 makes it (Pillow's bilinear filter on the
+    uint8 image, antialiased when shrinking); the FPN family as mmseg does (bilinear without antialiasing). Both
+    sizes from the same keep-ratio rule; an image already at its size is not resized."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    seen = []
+
+    def capture(self, x):
+        seen.append(x)
+        return original(self, x)
+
+    original = Predictor._run
+    monkeypatch.setattr(Predictor, "_run", capture)
+    for m, rule in ((mask_model, "pil"), (model, "bilinear")):
+        p = Predictor(m, test_scale=(64, 48), device="cpu")
+        assert p.resize == rule
+        p(image)
+        x = seen.pop() * p.std + p.mean  # back to 0..255
+        assert tuple(x.shape[-2:]) == rescale_size(90, 120, (64, 48)) == (48, 64)
+        pil = torch.from_numpy(np.array(Image.fromarray(image).resize((64, 48), Image.Resampling.BILINEAR)))
+        plain = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(48, 64), mode="bilinear",
+                              align_corners=False).round()
+        want = pil.permute(2, 0, 1)[None].float() if rule == "pil" else plain
+        torch.testing.assert_close(x, want, atol=1e-4, rtol=0)
+        assert (pil.permute(2, 0, 1)[None].float() - plain).abs().max() > 10  # a 1.9x shrink: the rules differ
+
+
+def test_onnx_example_resizes_by_the_metadata_rule():
+    """examples/onnx_segment.py follows metadata["input"]["resize"]: Pillow's filter for "pil" (mask models)."""
+    pytest.importorskip("onnxruntime", reason="the example imports onnxruntime (pip install semask[export])")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "onnx_segment.py"
+    spec = importlib.util.spec_from_file_location("onnx_segment", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    image = (np.random.default_rng(1).random((90, 120, 3)) * 255).astype(np.uint8)
+    pil = np.asarray(Image.fromarray(image).resize((64, 48), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+    class Session:  # records the graph's input; logits of 2 classes
+        def run(self, _names, feeds):
+            self.x = next(iter(feeds.values()))
+            return [np.zeros((1, 2, *self.x.shape[-2:]), np.float32)]
+
+    for rule in ("pil", "bilinear"):
+        meta = {"input": {"name": "images", "test_scale": [64, 48], "mean": [0, 0, 0], "std": [1, 1, 1],
+                          "pad_to_min": 1, "resize": rule}}
+        session = Session()
+        assert example.segment(session, meta, image).shape == (90, 120)
+        assert session.x.shape == (1, 3, 48, 64)
+        assert np.array_equal(session.x[0], pil) == (rule == "pil")
