@@ -19,6 +19,14 @@ def is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` ("cuda", "cpu", ...); torch 2.3 has no device argument."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def round_up(n: int | torch.SymInt, multiple: int) -> int | torch.SymInt:
     """The smallest multiple of `multiple` that is >= n (a padded size).
 

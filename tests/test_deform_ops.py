@@ -121,3 +121,21 @@ def test_dcn_zero_offsets_full_mask_is_a_conv():
     out = deform_conv2d_torch(x, torch.zeros(2, 2 * 2 * 9, 6, 7, dtype=_DTYPE), weight, None,
                               torch.ones(2, 2 * 9, 6, 7, dtype=_DTYPE))
     torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, padding=1))
+
+
+@pytest.mark.parametrize("arch", ["test_semask_mask2former", "test_semask_msfapn_mask2former"])
+def test_deformable_pixel_decoder_runs_in_float32_under_autocast(arch):
+    """As the original (`@autocast(enabled=False)`): under bf16 autocast the deformable pixel decoder computes in
+    float32 exactly what it computes outside autocast from the same (bf16) backbone maps."""
+    import semask
+
+    model = semask.create_model(arch).eval()
+    decoder = model.sem_seg_head.pixel_decoder
+    feats = [torch.randn(1, c, 48 // s, 64 // s, generator=torch.Generator().manual_seed(s)).bfloat16()
+             for c, s in zip(model.backbone.dims, (4, 8, 16, 32), strict=True)]
+    with torch.no_grad():
+        ref_mask, ref_levels = decoder(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mask, levels = decoder(feats)
+    assert mask.dtype == torch.float32 and all(t.dtype == torch.float32 for t in levels)
+    assert torch.equal(mask, ref_mask) and all(torch.equal(a, b) for a, b in zip(levels, ref_levels, strict=True))

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...layers import autocast_enabled
 from .common import Conv2dNorm, group_norm, position_embedding_sine
 from .dcn import FeatureAlign
 from .ms_deform_attn import MSDeformAttnEncoder
@@ -86,6 +87,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
                                                          activation=F.relu))
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # The original runs this decoder with autocast off (`@autocast(enabled=False)` on both SeMask versions), in
+        # float32: in bfloat16 the deformable sampling locations (coordinates in [0, 1]) would be ~0.4 % coarse,
+        # about a pixel at stride 8. A model cast to another dtype runs in its own.
+        device = feats[0].device.type
+        if autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._forward(feats)
+        return self._forward(feats)
+
+    def _forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # The original casts to float32 (its deformable-attention op has no half kernel); here: to the decoder's own
         # dtype, which is that float32 under autocast and lets a model cast to bf16/fp16 run (float32 inputs
         # would not match its weights).
