@@ -55,6 +55,35 @@ def test_no_weight_decay_on_norms_and_position_tables():
     assert len(decayed) + len(free) == len(list(model.parameters()))
 
 
+def test_detectron2_groups_for_mask_models():
+    """MaskFormer-family models get the groups of their original `build_optimizer`: no decay for the parameters of
+    any norm module (GroupNorm included, whatever its name), of nn.Embedding (queries) and the position tables;
+    the backbone at lr x backbone_lr_mult. Shared parameters are one entry."""
+    from semask.train.optim import family_rule, param_groups
+
+    model = semask.create_model("test_semask_mask2former")
+    assert family_rule(model) == "detectron2" and family_rule(semask.create_model("test_semask_swin_fpn")) == "mmseg"
+    opt = build_optimizer(model, lr=1e-4, weight_decay=0.05, rule="detectron2", backbone_lr_mult=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    group_of = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert len(group_of) == len(names) == sum(len(g["params"]) for g in opt.param_groups)
+    gn = "sem_seg_head.pixel_decoder.input_proj.0.1.weight"  # a GroupNorm without 'norm' in its name
+    assert isinstance(model.get_submodule(gn.rpartition(".")[0]), torch.nn.GroupNorm)
+    assert group_of[gn] == (1e-4, 0.0)
+    assert group_of["sem_seg_head.predictor.query_embed.weight"] == (1e-4, 0.0)  # an nn.Embedding
+    assert group_of["sem_seg_head.predictor.class_embed.weight"] == (1e-4, 0.05)
+    assert group_of["backbone.layers.0.blocks.0.attn.relative_position_bias_table"][1] == 0.0
+    assert group_of["backbone.layers.0.blocks.0.attn.qkv.weight"] == (pytest.approx(1e-5), 0.05)
+    assert group_of["backbone.layers.0.semantic_layer.norm1.weight"] == (pytest.approx(1e-5), 0.0)
+    # the mmseg rule (FPN): names, so the FPN head's `bn` is decayed; head_lr_mult scales the non-backbone part
+    fpn = semask.create_model("test_semask_swin_fpn")
+    groups = param_groups(fpn, 0.01, head_lr_mult=10.0)
+    head = {id(p) for n, p in fpn.named_parameters() if not n.startswith("backbone.")}
+    assert all((g["lr_mult"] == 10.0) == (id(g["params"][0]) in head) for g in groups)
+    with pytest.raises(ValueError, match="must be one of"):
+        param_groups(fpn, 0.01, rule="timm")
+
+
 def test_poly_schedule_with_linear_warmup_matches_mmcv():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1e-4)

@@ -13,7 +13,7 @@ import torch
 
 import semask.train.checkpoint as ckpt_mod
 from semask.cli import main
-from semask.train import Trainer, load_config
+from semask.train import TrainConfig, Trainer, load_config
 from semask.train.checkpoint import atomic_save, list_checkpoints, load_checkpoint
 from semask.train.trainer import evaluate_checkpoint
 from tests._trainkit import one_thread, tiny_config, tiny_data  # noqa: F401
@@ -174,9 +174,10 @@ def test_config_overrides_and_presets(tmp_path):
         load_config(cfg_file, ["iters"])
     presets = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(presets) >= 4
-    for preset in presets:
+    for preset in presets:  # the SeMask-FPN schedule (each preset's whole recipe: test_presets_set_the_recipe...)
         c = load_config(preset)
-        assert c.warmup_iters == 1500 and c.poly_power == 1.0 and c.prior_loss_weight == 0.4 and c.iters == 80000
+        if "_fpn" in c.model:
+            assert c.warmup_iters == 1500 and c.poly_power == 1.0 and c.prior_loss_weight == 0.4 and c.iters == 80000
     ade = load_config(ROOT / "configs" / "ade20k_semask_tiny.yaml")
     assert (ade.lr, ade.weight_decay, ade.data.cat_max_ratio, ade.data.ratios) == \
         (1e-4, 1e-4, 0.75, (0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
@@ -354,6 +355,63 @@ def test_eval_and_resume_refuse_another_semantic_layout(data_root, reference, tm
         evaluate_checkpoint(cfg, tmp_path / "older.pt")
     with pytest.raises(ValueError, match=why):
         Trainer(tiny_config(data_root, ref_out, model_overrides=other, resume=str(ckpt_path)), progress=False)
+
+
+def test_presets_set_the_recipe_the_manifest_records():
+    """Every configs/*.yaml is a valid config whose optimiser / schedule / loss settings are the original recipe
+    of its model's tag (the trainer's warning names the differences for configs that are not)."""
+    from types import SimpleNamespace
+
+    from semask.registry import get_config
+    from semask.train.config import config_from_dict, read_config_file
+    from semask.train.trainer import recipe_differences
+
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(presets) >= 10
+    for path in presets:
+        cfg = config_from_dict(read_config_file(path))
+        tag, diffs = recipe_differences(cfg, SimpleNamespace(config=get_config(cfg.model)))
+        assert tag == cfg.model and diffs == {}, (path.name, diffs)
+
+
+def test_default_recipe_on_a_mask_model_is_named(caplog):
+    """A run of Mask2Former with the trainer's defaults (SeMask-FPN's recipe) says which settings differ from
+    the original's."""
+    from types import SimpleNamespace
+
+    from semask.registry import get_config
+    from semask.train.trainer import _warn_recipe, recipe_differences
+
+    cfg = TrainConfig(model="semask_swin_large_mask2former")
+    model = SimpleNamespace(config=get_config("semask_swin_large_mask2former.ade20k"))
+    tag, diffs = recipe_differences(cfg, model)
+    assert tag == "semask_swin_large_mask2former.ade20k"
+    assert diffs == {"weight_decay": (0.05, 1e-4), "warmup_iters": (0, 1500), "poly_power": (0.9, 1.0),
+                     "clip_grad": (0.01, None), "backbone_lr_mult": (0.1, 1.0)}
+    with caplog.at_level("WARNING"):
+        _warn_recipe(cfg, model)
+    assert "was trained with weight_decay=0.05, warmup_iters=0" in caplog.text and "presets" in caplog.text
+    assert recipe_differences(TrainConfig(model="test_semask_swin_fpn"), model) == (None, {})
+
+
+def test_lr_multipliers_train_and_resume(data_root, tmp_path):
+    """backbone_lr_mult scales the backbone groups' lr through the schedule; the log shows the config's lr, and a
+    resume keeps the multipliers bit-exactly."""
+    cfg = tiny_config(data_root, tmp_path, iters=4, backbone_lr_mult=0.5, eval_interval=100, ckpt_interval=2)
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    backbone = {id(p) for n, p in trainer.module.named_parameters() if n.startswith("backbone.")}
+    for group in trainer.optimizer.param_groups:
+        assert group["lr_mult"] == (0.5 if id(group["params"][0]) in backbone else 1.0)
+        assert group["initial_lr"] == cfg.lr * group["lr_mult"]
+    logged = [r["lr"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert logged[-1] == pytest.approx(cfg.lr * trainer.scheduler.lr_lambdas[0](3))
+    again = Trainer(tiny_config(data_root, tmp_path, iters=6, backbone_lr_mult=0.5, eval_interval=100,
+                                ckpt_interval=2), progress=False)  # resume=auto: from iteration 4, 2 more
+    assert again.iteration == 4 and [g["lr_mult"] for g in again.optimizer.param_groups] == [
+        g["lr_mult"] for g in trainer.optimizer.param_groups]
+    assert [g["lr"] for g in again.optimizer.param_groups] == pytest.approx(
+        [cfg.lr * g["lr_mult"] * again.scheduler.lr_lambdas[0](4) for g in again.optimizer.param_groups])
 
 
 def test_resume_from_an_older_checkpoint_refuses_to_mix_runs(data_root, reference, tmp_path):

@@ -60,6 +60,8 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    backbone_lr_mult: float = 1.0  # lr factor of backbone.* (Mask2Former / FaPN: 0.1)
+    head_lr_mult: float = 1.0  # lr factor of everything else (SegFormer: 10)
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
@@ -191,7 +193,7 @@ def _check_types(obj: Any, where: str) -> None:
 _AT_LEAST = {"iters": 1, "batch_size": 1, "accum_steps": 1, "eval_interval": 1, "ckpt_interval": 1,
              "log_interval": 1, "keep_last": 1, "warmup_iters": 0, "data.num_workers": 0,
              "weight_decay": 0, "poly_power": 0, "prior_loss_weight": 0, "ohem_min_kept": 1}
-_ABOVE = {"lr": 0, "clip_grad": 0}  # strictly
+_ABOVE = {"lr": 0, "clip_grad": 0, "backbone_lr_mult": 0, "head_lr_mult": 0}  # strictly
 _BETWEEN = {"warmup_ratio": (0, 1), "data.flip": (0, 1), "data.cat_max_ratio": (0, 1)}  # inclusive
 _NULL_MEANS = {"clip_grad": "no clipping", "ohem_min_kept": "no OHEM"}
 _CHOICES = {"amp": ("no", "bf16", "fp16"), "loss_reduction": ("all", "valid"), "eval_mode": ("whole", "slide"),

@@ -51,7 +51,7 @@ from .evaluate import EvalProtocol, evaluate
 from .losses import SeMaskLoss
 from .mask_losses import MaskClassificationLoss
 from .metrics import format_table
-from .optim import PolyWarmup, build_optimizer, reschedule
+from .optim import PolyWarmup, build_optimizer, family_rule, reschedule
 from .plots import plot_curves
 
 _log = logging.getLogger(__name__)
@@ -157,7 +157,12 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
-        self.optimizer = build_optimizer(self.module, lr=c.lr, weight_decay=c.weight_decay, betas=tuple(c.betas))
+        # parameter groups as the model family's original code forms them (mmseg name keys / detectron2 types)
+        self.optimizer = build_optimizer(self.module, lr=c.lr, weight_decay=c.weight_decay, betas=tuple(c.betas),
+                                         rule=family_rule(self.module), backbone_lr_mult=c.backbone_lr_mult,
+                                         head_lr_mult=c.head_lr_mult)
+        if self.rank == 0:
+            _warn_recipe(c, self.module)
         # what build_scheduler builds, from the one config -> PolyWarmup mapping (a resume re-applies it)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule())
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16")
@@ -241,7 +246,15 @@ class Trainer:
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.module.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        mults = [group["lr_mult"] for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as err:  # another number or size of parameter groups
+            raise ValueError(f"the checkpoint's optimizer has other parameter groups than this run's ({err}): "
+                             "backbone_lr_mult / head_lr_mult changed since it was written; resume with its "
+                             "values, or start a new out_dir from its weights (pretrained=...)") from err
+        for group, mult in zip(self.optimizer.param_groups, mults, strict=True):
+            group["lr_mult"] = mult  # the config's multipliers, as its lr (a checkpoint before them has none)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self._follow_config_schedule()
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -479,7 +492,8 @@ class Trainer:
                 for batch in self._loader(epoch, start):
                     micro += 1
                     batch_index += 1
-                    lr = self.optimizer.param_groups[0]["lr"]
+                    group = self.optimizer.param_groups[0]
+                    lr = group["lr"] / group.get("lr_mult", 1.0)  # the config's lr, before its group multiplier
                     for k, v in self._forward_backward(batch, sync=micro == accum).items():
                         sums[k] = sums.get(k, 0.0) + v / accum
                     if micro < accum:
@@ -592,6 +606,44 @@ def _checkpoint_mismatch(ckpt: dict, model: nn.Module, config: TrainConfig, data
         detail += f"; {dataset.name} has {dataset.num_classes} classes: was it trained on another class list?"
     return "model", (f"it was trained with {_describe_model(saved_model, theirs if both else {})}, {builds} "
                      f"{_describe_model(config.model, ours if both else {})} ({detail})")
+
+
+# The manifest's `train` record keys -> TrainConfig keys, for the recipe check.
+_RECIPE_KEYS = {"lr": "lr", "weight_decay": "weight_decay", "warmup_iters": "warmup_iters",
+                "poly_power": "poly_power", "ohem_min_kept": "ohem_min_kept", "grad_clip": "clip_grad",
+                "backbone_lr_mult": "backbone_lr_mult", "decode_head_lr_mult": "head_lr_mult"}
+
+
+def recipe_differences(config: TrainConfig, model: nn.Module) -> tuple[str | None, dict[str, tuple[Any, Any]]]:
+    """(tag, {key: (original, this config)}): the optimiser / schedule / loss settings in which `config` differs
+    from the recipe the weights manifest records for the model's tag (the model's own, else its architecture's
+    default), e.g. a Mask2Former trained with the SeMask-FPN defaults. (None, {}) for models without a record."""
+    from ..hub import load_manifest
+    from ..registry import default_tag
+
+    name = config.model
+    if "." not in name and ":" not in name:
+        with contextlib.suppress(KeyError, ValueError):
+            name = default_tag(name)
+    record = (load_manifest().get(name) or {}).get("train")
+    if not record:
+        return None, {}
+    diffs = {ours: (record[theirs], getattr(config, ours)) for theirs, ours in _RECIPE_KEYS.items()
+             if theirs in record and record[theirs] != getattr(config, ours) and
+             not (ours == "clip_grad" and not record[theirs] and not config.clip_grad)}
+    if (record.get("prior_loss_weight") and getattr(getattr(model, "config", None), "semantic", False)
+            and record["prior_loss_weight"] != config.prior_loss_weight):
+        diffs["prior_loss_weight"] = (record["prior_loss_weight"], config.prior_loss_weight)
+    return name, diffs
+
+
+def _warn_recipe(config: TrainConfig, model: nn.Module) -> None:
+    tag, diffs = recipe_differences(config, model)
+    if diffs:
+        _log.warning("%s was trained with %s; this run uses %s. Deliberate changes are fine; for the original recipe "
+                     "set these keys (the configs/*.yaml presets do)", tag,
+                     ", ".join(f"{k}={a}" for k, (a, _) in diffs.items()),
+                     ", ".join(f"{k}={b}" for k, (_, b) in diffs.items()))
 
 
 def _hidden_differences(ckpt: dict, model: nn.Module) -> list[str]:
