@@ -1,12 +1,16 @@
 """Losses of the mask-classification models (SeMask MaskFormer / Mask2Former / FaPN), as the original criterion.
 
 Per image, the semantic label map becomes one binary mask per present class; queries are matched to them by the
-Hungarian algorithm (`scipy.optimize.linear_sum_assignment`, the optional `train` extra), then
+Hungarian algorithm (`scipy.optimize.linear_sum_assignment`, the optional `train` extra) — the mask costs of
+MaskFormer at the prediction resolution (targets nearest-downsampled), of Mask2Former on shared uniform random
+points — then
 * class CE over all queries, unmatched ones labelled "no object" with weight `no_object_weight` (0.1);
 * mask losses — MaskFormer: sigmoid focal (α .25, γ 2) + dice on masks upsampled to the label size;
   Mask2Former: BCE + dice on `num_points` points, 75 % of them the most uncertain of 3× oversampled candidates;
 * the same for every auxiliary (earlier-layer) output (deep supervision), matched separately;
 * the SeMask prior loss: `prior_weight` (0.4) × CE on "prior_logits", mean over valid pixels (final outputs only).
+Mask and dice losses are divided by the number of target masks in the batch; under an initialised
+`torch.distributed` process group, by its mean over the processes (all-reduced, clamped at 1), as the original.
 Labels are [B, H, W] at the input resolution (ignore 255); like detectron2 they are padded with the ignore value
 to the padded size the model ran at (pred_masks × 4) so masks and labels share normalised coordinates.
 """
@@ -14,6 +18,7 @@ to the padded size the model ran at (pred_masks × 4) so masks and labels share 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -73,6 +78,16 @@ def _pair_costs(pred: torch.Tensor, tgt: torch.Tensor, focal: bool) -> tuple[tor
     return cost_mask, cost_dice
 
 
+def num_masks_normaliser(targets: list[dict], device: torch.device | str = "cpu") -> float:
+    """Number of target masks of the batch to divide the mask losses by: under an initialised `torch.distributed`
+    process group the mean over its processes (one all-reduce, which every process must reach), clamped at 1."""
+    n = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return max(float(n.item()), 1.0)
+
+
 def targets_from_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> list[dict]:
     """[B, H, W] label maps -> per image {"labels": [N], "masks": [N, H, W] float}, one mask per present class."""
     out = []
@@ -112,6 +127,23 @@ class MaskClassificationLoss(nn.Module):
         return cls(config.num_classes, kind=kind, **kwargs)
 
     @torch.no_grad()
+    def cost_matrix(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, target: dict) -> torch.Tensor:
+        """Matching cost of one image: pred_logits [Q, K+1], pred_masks [Q, h, w], target {"labels" [N], "masks"
+        [N, H, W]} -> [Q, N] = w_mask × mask cost + w_class × -p(class) + w_dice × dice cost."""
+        prob = pred_logits.float().softmax(-1)
+        pred, tgt = pred_masks.float(), target["masks"].to(device=pred_masks.device, dtype=torch.float32)
+        if self.num_points:  # Mask2Former: BCE / dice on the same uniform random points of predictions and targets
+            coords = torch.rand(1, self.num_points, 2, device=pred.device, dtype=pred.dtype)
+            pred_p = point_sample(pred[:, None], coords.expand(pred.shape[0], -1, -1))[:, 0]
+            tgt_p = point_sample(tgt[:, None], coords.expand(tgt.shape[0], -1, -1))[:, 0]
+        else:  # MaskFormer: focal / dice at the prediction resolution, targets nearest-downsampled to it
+            tgt_p = F.interpolate(tgt[:, None], size=pred.shape[-2:], mode="nearest")[:, 0]
+            pred_p, tgt_p = pred.flatten(1), tgt_p.flatten(1)
+        cost_mask, cost_dice = _pair_costs(pred_p, tgt_p, focal=not self.num_points)
+        cost_class = -prob[:, target["labels"].to(prob.device)]
+        return self.w_mask * cost_mask + self.w_class * cost_class + self.w_dice * cost_dice
+
+    @torch.no_grad()
     def match(self, out: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Hungarian matching per image -> [(query indices, target indices)]."""
         try:
@@ -120,17 +152,7 @@ class MaskClassificationLoss(nn.Module):
             raise ImportError("Hungarian matching needs scipy: pip install 'semask[train]'") from err
         result = []
         for b, t in enumerate(targets):
-            prob = out["pred_logits"][b].float().softmax(-1)  # [Q, K+1]
-            pred, tgt = out["pred_masks"][b].float(), t["masks"].to(out["pred_masks"])
-            if self.num_points:  # Mask2Former: the same uniform points for predictions and targets
-                coords = torch.rand(1, self.num_points, 2, device=pred.device, dtype=pred.dtype)
-                pred_p = point_sample(pred[:, None], coords.expand(pred.shape[0], -1, -1))[:, 0]
-                tgt_p = point_sample(tgt[:, None], coords.expand(tgt.shape[0], -1, -1))[:, 0]
-            else:  # MaskFormer: masks upsampled to the label size
-                pred_p = F.interpolate(pred[None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[0]
-                pred_p, tgt_p = pred_p.flatten(1), tgt.flatten(1)
-            cost_mask, cost_dice = _pair_costs(pred_p, tgt_p, focal=not self.num_points)
-            cost = self.w_mask * cost_mask + self.w_class * -prob[:, t["labels"]] + self.w_dice * cost_dice
+            cost = self.cost_matrix(out["pred_logits"][b], out["pred_masks"][b], t)
             q, j = linear_sum_assignment(cost.cpu().numpy())
             result.append((torch.as_tensor(q, dtype=torch.long), torch.as_tensor(j, dtype=torch.long)))
         return result
@@ -172,7 +194,7 @@ class MaskClassificationLoss(nn.Module):
                              "the input resolution")
         padded = F.pad(labels.long(), (0, wp - w, 0, hp - h), value=self.ignore_index)
         targets = targets_from_labels(padded, self.num_classes, self.ignore_index)
-        num_masks = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        num_masks = num_masks_normaliser(targets, outputs["pred_logits"].device)
         losses = self._set_losses(outputs, targets, num_masks)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             losses.update({f"{k}_{i}": v for k, v in self._set_losses(aux, targets, num_masks).items()})
