@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from semask.data import ResumableSampler, ade20k, cityscapes, coco_stuff10k, default_splits, folder
@@ -19,11 +20,12 @@ from semask.data.transforms import (
     RandomCrop,
     RandomFlip,
     Resize,
-    _hsv_to_rgb,
-    _rgb_to_hsv,
+    _hsv8_to_rgb,
+    _rgb_to_hsv8,
     rescale_size,
     train_transforms,
 )
+from semask.infer import _resize as infer_resize
 from semask.infer import load_image
 from tests._trainkit import one_thread  # noqa: F401
 
@@ -260,12 +262,98 @@ def test_cat_max_ratio_avoids_single_class_crops():
     assert sum(hits) > sum(base)
 
 
-def test_photometric_and_hsv_roundtrip():
-    rgb = np.random.default_rng(0).uniform(0, 255, (5, 5, 3)).astype(np.float32)
-    assert np.allclose(_hsv_to_rgb(_rgb_to_hsv(rgb)), rgb, atol=1e-3)
+def test_resize_rule_bilinear_or_pil():
+    """"bilinear" (mmseg, the default) gives the pixels `semask.infer` gives for the same size: bilinear, half-pixel
+    centres, no antialiasing, rounded; "pil" (detectron2) gives Pillow's antialiased BILINEAR. Labels are NEAREST."""
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    lab = np.random.default_rng(1).integers(0, 5, (37, 53), dtype=np.uint8)
+    size_wh = rescale_size(img.shape[:2], (20, 10))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    size_hw = (size_wh[1], size_wh[0])
+    flat = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False, antialias=False)
+    flat = flat.round().clamp(0, 255)
+    assert torch.equal(infer_resize(x, size_hw).round().clamp(0, 255), flat)  # what the Predictor feeds the model
+    flat = flat[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    pil = np.asarray(Image.fromarray(img).resize(size_wh, Image.Resampling.BILINEAR))
+    nearest = np.asarray(Image.fromarray(lab).resize(size_wh, Image.Resampling.NEAREST))
+    assert not np.array_equal(flat, pil)  # shrinking a noisy image: antialiasing shows
+    for rule, want in (("bilinear", flat), ("pil", pil)):
+        out = Resize((20, 10), resize=rule)({"image": img, "label": lab}, np.random.default_rng(0))
+        assert out["image"].dtype == np.uint8 and np.array_equal(out["image"], want), rule
+        assert np.array_equal(out["label"], nearest), rule
+    assert Resize((20, 10)).resize == "bilinear"
+    assert np.array_equal(Resize((20, 10))({"image": img}, np.random.default_rng(0))["image"], flat)
+    for bad in ("nearest", "PIL", None):
+        with pytest.raises(ValueError, match=r"resize must be one of 'bilinear', 'pil'"):
+            Resize((20, 10), resize=bad)
+    # train_transforms passes the rule to its Resize (fixed ratio, no crop/flip/colour, identity normalisation)
+    for rule, want in (("bilinear", flat), ("pil", pil), (None, flat)):
+        kw = {} if rule is None else {"resize": rule}
+        t = train_transforms(crop_size=size_hw, scale=(20, 10), ratios=None, flip=0.0, photometric=False,
+                             mean=(0, 0, 0), std=(1, 1, 1), **kw)
+        out = t({"image": img, "label": lab}, np.random.default_rng(3))
+        assert np.array_equal(out["image"], want.astype(np.float32)) and np.array_equal(out["label"], nearest)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        train_transforms(crop_size=(8, 8), scale=(20, 10), resize="bicubic")
+
+
+def test_hsv8_matches_opencv():
+    """The 8-bit HSV conversions give OpenCV's `cvtColor` values (mmcv's bgr2hsv / hsv2bgr in mmseg's pipeline),
+    reference values from opencv-python 4.5.5 (HSV -> RGB on a wide row: its vector path truncates)."""
+    rgb = np.array([[250, 10, 10], [12, 200, 99], [0, 1, 58], [108, 144, 141], [213, 73, 178], [77, 77, 77],
+                    [255, 251, 23], [3, 3, 90]], np.uint8)
+    hsv = [[0, 245, 250], [74, 240, 200], [120, 255, 58], [87, 64, 144], [157, 168, 213], [0, 0, 77],
+           [30, 232, 255], [120, 246, 90]]
+    assert np.stack(_rgb_to_hsv8(rgb), -1).tolist() == hsv
+    hsv = np.array([[1, 90, 85], [5, 204, 63], [44, 102, 75], [50, 153, 15], [117, 85, 30], [177, 85, 210],
+                    [0, 0, 200], [120, 255, 255]], np.uint8)
+    out = _hsv8_to_rgb(hsv[:, 0], hsv[:, 1], hsv[:, 2])
+    assert out.dtype == np.uint8 and out.tolist() == [[85, 56, 55], [63, 20, 12], [61, 75, 44], [9, 15, 6],
+                                                      [20, 21, 30], [210, 140, 147], [200, 200, 200], [0, 0, 255]]
     img = np.random.default_rng(1).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    back = _hsv8_to_rgb(*_rgb_to_hsv8(img))
+    assert np.abs(back.astype(int) - img).max() <= 4  # 2-degree hue steps, 8-bit saturation
     out = PhotoMetricDistortion()({"image": img.copy()}, np.random.default_rng(2))["image"]
     assert out.dtype == np.uint8 and out.shape == img.shape
+
+
+class _Draws:
+    """Stands in for the np.random.Generator a transform is given: hands out scripted values, in order."""
+
+    def __init__(self, *values) -> None:
+        self.values = list(values)
+
+    def integers(self, *args, **kwargs):
+        return self.values.pop(0)
+
+    uniform = integers
+
+
+def test_photometric_clips_and_truncates_after_each_step():
+    """As mmseg's `convert`: every step clips to 0..255 and truncates to uint8 before the next. Brightness +30 then
+    contrast 0.5 turns 250 into 127 (255 // 2), not 140 (280 * 0.5); 101 into 98 (131 * 0.75 truncated)."""
+    img = np.array([[[250, 250, 250], [101, 40, 7], [10, 3, 0]]], np.uint8)
+    draws = _Draws(1, 30.0, 1, 1, 0.5, 0, 0)  # brightness on (+30), contrast first and on (x0.5), no sat, no hue
+    out = PhotoMetricDistortion()({"image": img.copy()}, draws)["image"]
+    assert not draws.values and out.dtype == np.uint8
+    assert out.tolist() == [[[127, 127, 127], [65, 35, 18], [20, 16, 15]]]
+    draws = _Draws(1, -20.0, 1, 1, 0.75, 0, 0)
+    out = PhotoMetricDistortion()({"image": img.copy()}, draws)["image"]
+    assert out.tolist() == [[[172, 172, 172], [60, 15, 0], [0, 0, 0]]]
+    draws = _Draws(1, 30.0, 1, 1, 0.75, 0, 0)
+    assert PhotoMetricDistortion()({"image": img.copy()}, draws)["image"][0, 1, 0] == 98
+    # contrast last, after saturation and hue, each through 8-bit HSV and back to uint8: mmseg's draw order
+    img = np.random.default_rng(4).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    draws = _Draws(1, 12.5, 0, 1, 1.4, 1, -7, 1, 0.6)
+    out = PhotoMetricDistortion()({"image": img.copy()}, draws)["image"]
+    assert not draws.values
+    want = np.clip(img.astype(np.float32) + 12.5, 0, 255).astype(np.uint8)
+    h, s, v = _rgb_to_hsv8(want)
+    want = _hsv8_to_rgb(h, np.clip(s.astype(np.float32) * 1.4, 0, 255).astype(np.uint8), v)
+    h, s, v = _rgb_to_hsv8(want)
+    want = _hsv8_to_rgb((h - 7) % 180, s, v)
+    want = np.clip(want.astype(np.float32) * 0.6, 0, 255).astype(np.uint8)
+    assert np.array_equal(out, want)
 
 
 def test_train_pipeline_is_a_function_of_the_seed():

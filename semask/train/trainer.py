@@ -37,7 +37,7 @@ from ..data import (
 )
 from ..devices import resolve_device
 from ..hub import HIDDEN_FIELDS, state_dict_differences
-from ..infer import aug_test
+from ..infer import aug_test, input_resize
 from .checkpoint import (
     atomic_save,
     list_checkpoints,
@@ -169,7 +169,8 @@ class Trainer:
         self.criterion, self.full_res_outputs = _criterion(self.module, c)
         self.train_view = TransformedDataset(self.train_set, train_transforms(
             crop_size=d.crop_size, scale=d.scale, ratios=d.ratios, ratio_range=d.ratio_range,
-            cat_max_ratio=d.cat_max_ratio, flip=d.flip, photometric=d.photometric, mean=d.mean, std=d.std))
+            cat_max_ratio=d.cat_max_ratio, flip=d.flip, photometric=d.photometric, mean=d.mean, std=d.std,
+            resize=input_resize(self.module)))  # the family's original image resize, as inference uses
         self.sampler = ResumableSampler(self.train_view, num_replicas=self.world, rank=self.rank, seed=c.seed)
         self.batches_per_epoch = len(self.sampler) // c.batch_size
         if self.batches_per_epoch == 0:
