@@ -387,7 +387,8 @@ def test_default_recipe_on_a_mask_model_is_named(caplog):
     tag, diffs = recipe_differences(cfg, model)
     assert tag == "semask_swin_large_mask2former.ade20k"
     assert diffs == {"weight_decay": (0.05, 1e-4), "warmup_iters": (0, 1500), "poly_power": (0.9, 1.0),
-                     "clip_grad": (0.01, None), "backbone_lr_mult": (0.1, 1.0)}
+                     "clip_grad": (0.01, None), "backbone_lr_mult": (0.1, 1.0),
+                     "data.crop_size": ((640, 640), (512, 512)), "data.test_scale": ((2560, 640), (2048, 512))}
     with caplog.at_level("WARNING"):
         _warn_recipe(cfg, model)
     assert "was trained with weight_decay=0.05, warmup_iters=0" in caplog.text and "presets" in caplog.text

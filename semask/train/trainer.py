@@ -626,12 +626,18 @@ def recipe_differences(config: TrainConfig, model: nn.Module) -> tuple[str | Non
     if "." not in name and ":" not in name:
         with contextlib.suppress(KeyError, ValueError):
             name = default_tag(name)
-    record = (load_manifest().get(name) or {}).get("train")
+    entry = load_manifest().get(name) or {}
+    record = entry.get("train")
     if not record:
         return None, {}
     diffs = {ours: (record[theirs], getattr(config, ours)) for theirs, ours in _RECIPE_KEYS.items()
              if theirs in record and record[theirs] != getattr(config, ours) and
              not (ours == "clip_grad" and not record[theirs] and not config.clip_grad)}
+    pre = entry.get("preprocessing") or {}
+    for key in ("crop_size", "test_scale"):  # the training crop and the evaluation scale of the original
+        theirs, ours = pre.get(key), getattr(config.data, key)
+        if theirs is not None and (ours is None or tuple(theirs) != tuple(ours)):
+            diffs[f"data.{key}"] = (tuple(theirs), None if ours is None else tuple(ours))
     if (record.get("prior_loss_weight") and getattr(getattr(model, "config", None), "semantic", False)
             and record["prior_loss_weight"] != config.prior_loss_weight):
         diffs["prior_loss_weight"] = (record["prior_loss_weight"], config.prior_loss_weight)
