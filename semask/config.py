@@ -148,7 +148,7 @@ class ModelConfig:
                 if dim % heads:
                     raise ValueError(f"model config field num_heads: stage {i} has {dim} channels (embed_dim * 2**"
                                      f"{i}), not divisible by its {heads} heads; got num_heads={self.num_heads}")
-        if self.decoder not in ("fpn", "segformer"):
+        if self.mask_classification:
             if self.hidden_dim % self.nheads:
                 raise ValueError(f"model config fields hidden_dim ({self.hidden_dim}) must be divisible by nheads "
                                  f"({self.nheads})")
@@ -175,6 +175,16 @@ class ModelConfig:
     @property
     def semantic(self) -> bool:
         return self.semantic_attention is not None
+
+    @property
+    def mask_classification(self) -> bool:
+        """A MaskFormer-family decoder (detectron2 originals) rather than a per-pixel head (FPN / SegFormer, mmseg)."""
+        return self.decoder not in ("fpn", "segformer")
+
+    @property
+    def deformable_encoder(self) -> bool:
+        """The pixel decoder has a deformable-attention encoder (Mask2Former, MSFaPN), whose tensors show `nheads`."""
+        return self.decoder in ("mask2former", "msfapn_mask2former") and self.enc_layers > 0
 
     @property
     def stage_dims(self) -> tuple[int, ...]:

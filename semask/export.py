@@ -38,7 +38,7 @@ class _Logits(nn.Module):
 
 def _stage_sizes(cfg: Any, n: int) -> list[int]:
     """Side length of each backbone stage's map (strides 4, 8, 16, 32) for an input side `n`."""
-    if cfg.decoder not in ("fpn", "segformer"):  # mask classification: the input is padded to a multiple of 32
+    if cfg.mask_classification:  # mask classification: the input is padded to a multiple of 32
         n = -(-n // cfg.size_divisibility) * cfg.size_divisibility
     if cfg.backbone == "mit":
         from .backbones.mit import stage_sizes
@@ -142,7 +142,7 @@ def deployment_metadata(model: nn.Module, *, dataset: str | None = None, min_siz
             warn_guessed_dataset(model, guessed, "pass dataset= to deployment_metadata (semask export --dataset) "
                                                  "if that is wrong")
     scores = ("semantic scores (softmax(class) x sigmoid(mask) summed over queries)"
-              if cfg.decoder not in ("fpn", "segformer") else "class logits")
+              if cfg.mask_classification else "class logits")
     return {
         "arch": cfg.arch,
         "tag": (getattr(model, "pretrained_cfg", None) or {}).get("name"),  # whose preprocessing and classes

@@ -47,11 +47,10 @@ def structure_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
         shapes = [{k: v.shape for k, v in build_model(c).state_dict().items()} for c in (a, b)]
     if shapes[0] != shapes[1]:
         return bad + (["semantic layers"] if a.semantic != b.semantic else [])
-    if a.decoder in ("fpn", "segformer"):
+    if not a.mask_classification:
         return []
     split = ["nheads"] if "nheads" in bad else []
-    return split + (["enc_points"] if "enc_points" in bad and a.enc_layers and b.enc_layers and
-                    a.decoder in ("mask2former", "msfapn_mask2former") else [])
+    return split + (["enc_points"] if "enc_points" in bad and a.deformable_encoder and b.deformable_encoder else [])
 
 
 def state_dict_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> list[str]:
@@ -321,11 +320,9 @@ def convert_original(path: str | Path, name: str, config: ModelConfig, *, allow_
     `model.pretrained_cfg`, so a folder saved from the result predicts as the tag does.
     """
     from .convert import load_original
-    from .convert.detectron2 import nheads_in_tensors
-
     tagged = "." in name
     # Mask2Former / MSFaPN files show their heads: read, then compared with the name's below (never forced onto them)
-    hidden = [k for k in HIDDEN_FIELDS if k != "nheads" or not nheads_in_tensors(config)]
+    hidden = [k for k in HIDDEN_FIELDS if k != "nheads" or not config.deformable_encoder]
     quirks = {k: getattr(config, k) for k in hidden if tagged or pin_layout or k == "nheads"}
     model = load_original(path, allow_unsafe=allow_unsafe, **{**quirks, **(overrides or {})})
     n = model.config.num_classes  # the architecture is compared apart from the classes, checked next

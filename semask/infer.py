@@ -207,7 +207,7 @@ def input_resize(model: nn.Module) -> str:
     """How the original pipeline resizes a model's input image to the test scale: "pil" for the mask-classification
     models (detectron2's `ResizeShortestEdge`: Pillow's bilinear filter on the uint8 image, antialiased when it
     shrinks), "bilinear" for the rest (mmseg's `cv2.resize`: bilinear, half-pixel centres, no antialiasing)."""
-    return "bilinear" if model.config.decoder in ("fpn", "segformer") else "pil"
+    return "pil" if model.config.mask_classification else "bilinear"
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -431,7 +431,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         cfg = self.model.config
         # MaskFormer / Mask2Former / FaPN: "logits" are semantic scores (>= 0), averaged and normalised as such
-        self.semantic_scores = cfg.decoder not in ("fpn", "segformer")
+        self.semantic_scores = cfg.mask_classification
         self.resize = input_resize(self.model)  # the original pipeline's image resize (detectron2: Pillow's)
         pre, guessed = model_preprocessing(self.model)
         self.dataset = dataset or pre.get("dataset") or guessed

@@ -88,7 +88,7 @@ def build_model(config: ModelConfig) -> Segmentor:
     """Build an untrained model from a config (ImageNet/original weights are loaded by the callers)."""
     c = config
     backbone = _build_backbone(c)
-    if c.decoder not in ("fpn", "segformer"):  # mask classification (MaskFormer / Mask2Former / FaPN)
+    if c.mask_classification:  # mask classification (MaskFormer / Mask2Former / FaPN)
         from .decoders.maskformer import MaskFormerHead, MaskFormerSegmentor  # late import: it subclasses Segmentor
 
         return MaskFormerSegmentor(backbone, MaskFormerHead(backbone.dims, c), c)

@@ -118,11 +118,6 @@ def infer_d2_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> ModelCo
     return config.replace(arch=overrides.get("arch") or _registered_arch(config))
 
 
-def nheads_in_tensors(config: ModelConfig) -> bool:
-    """Whether a detectron2 file of this architecture shows its `nheads` (in its deformable encoder)."""
-    return config.decoder in ("mask2former", "msfapn_mask2former") and config.enc_layers > 0
-
-
 def _encoder_heads(rows: int, levels: int, nheads: int | None) -> dict[str, int]:
     """`nheads` and `enc_points` from the deformable encoder's `attention_weights` rows (nheads * levels * points).
 

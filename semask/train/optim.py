@@ -19,8 +19,8 @@ RULES = ("mmseg", "detectron2")
 def family_rule(model: nn.Module) -> str:
     """Which original forms a model's parameter groups: "detectron2" for the mask-classification decoders,
     "mmseg" for Semantic-FPN and SegFormer."""
-    decoder = getattr(getattr(model, "config", None), "decoder", "fpn")
-    return "mmseg" if decoder in ("fpn", "segformer") else "detectron2"
+    config = getattr(model, "config", None)  # a model without one (a user's module): mmseg's rule
+    return "detectron2" if config is not None and config.mask_classification else "mmseg"
 
 
 def param_groups(model: nn.Module, weight_decay: float, *, rule: str = "mmseg", backbone_lr_mult: float = 1.0,

@@ -98,7 +98,7 @@ def _criterion(model: nn.Module, c: TrainConfig) -> tuple[nn.Module, bool]:
     prior loss, as the detectron2 originals train them.
     """
     config = getattr(model, "config", None)
-    if config is not None and config.decoder not in ("fpn", "segformer"):
+    if config is not None and config.mask_classification:
         return MaskClassificationLoss.from_config(config, prior_weight=c.prior_loss_weight), True
     return SeMaskLoss(prior_weight=c.prior_loss_weight, reduction=c.loss_reduction,
                       ohem_min_kept=c.ohem_min_kept), False
