@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.datasets import pil_to_rgb
 from .data.palettes import ClassInfo, get_class_info
+from .data.transforms import resize_image
 from .devices import resolve_device
 
 _log = logging.getLogger(__name__)
@@ -483,8 +484,8 @@ class Predictor:
             if size == (h, w):
                 xs = x
             elif self.resize == "pil":  # detectron2: Pillow's bilinear filter on the uint8 image
-                small = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                xs = torch.tensor(np.asarray(small), device=self.device).permute(2, 0, 1)[None].float()
+                small = resize_image(image, (size[1], size[0]), "pil")  # what training's Resize does too
+                xs = torch.tensor(small, device=self.device).permute(2, 0, 1)[None].float()
             else:  # mmseg resizes the uint8 image (cv2 bilinear, no antialias), then normalises.
                 xs = _resize(x, size).round().clamp(0, 255)
             xs = (xs - self.mean.to(xs.device)) / self.std.to(xs.device)
