@@ -252,8 +252,9 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as err:  # another number or size of parameter groups
             raise ValueError(f"the checkpoint's optimizer has other parameter groups than this run's ({err}): "
-                             "backbone_lr_mult / head_lr_mult changed since it was written; resume with its "
-                             "values, or start a new out_dir from its weights (pretrained=...)") from err
+                             "backbone_lr_mult / head_lr_mult changed since it was written, or an older semask "
+                             "grouped a mask-classification model's parameters as mmseg does; resume with its "
+                             "settings and version, or start a new out_dir from its weights (pretrained=...)") from err
         for group, mult in zip(self.optimizer.param_groups, mults, strict=True):
             group["lr_mult"] = mult  # the config's multipliers, as its lr (a checkpoint before them has none)
         self.scheduler.load_state_dict(ckpt["scheduler"])
