@@ -415,6 +415,13 @@ def test_lr_multipliers_train_and_resume(data_root, tmp_path):
         [cfg.lr * g["lr_mult"] * again.scheduler.lr_lambdas[0](4) for g in again.optimizer.param_groups])
 
 
+def test_resume_with_other_lr_multipliers_is_a_clear_error(data_root, reference):
+    """Other multipliers split the parameters into other groups: the optimizer state cannot be restored."""
+    ref_out, _, _ = reference
+    with pytest.raises(ValueError, match="other parameter groups than this run's.*backbone_lr_mult"):
+        Trainer(tiny_config(data_root, ref_out, backbone_lr_mult=0.5), progress=False)
+
+
 def test_resume_from_an_older_checkpoint_refuses_to_mix_runs(data_root, reference, tmp_path):
     """resume=PATH behind newer iter_*.pt in out_dir: the resumed run would overwrite and prune them, so it is
     refused naming them and both fixes; with the newer files moved away it resumes from PATH."""
