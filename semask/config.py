@@ -10,6 +10,7 @@ from typing import Any
 DECODERS = ("fpn", "segformer", "maskformer", "mask2former", "fapn_mask2former", "msfapn_mask2former")
 BACKBONES = ("swin", "mit")
 SEMANTIC_KINDS = ("window", "global")
+SEMANTIC_INITS = ("mmseg", "detectron2")
 
 # Value rules checked whenever a config is built or replaced: the builders would otherwise fail deep inside torch
 # (num_classes=2.5) or build a model that cannot train (num_classes=0, drop_path_rate=2.0).
@@ -98,6 +99,9 @@ class ModelConfig:
     sem_window_size: int | None = None
     sem_num_classes: int | None = None
     num_sem_blocks: int | tuple[int, ...] = 1  # SemanticAttention blocks per stage (the original allows a list)
+    # How fresh semantic layers start (weights loaded over them do not care): "mmseg" (SeMask-FPN: trunc-normal .02
+    # on every Linear) or "detectron2" (the MaskFormer-family backbones: kaiming-normal q/k/v, zero mlp_res)
+    semantic_init: str = "mmseg"
     mlp_ratio: float = 4.0
     patch_size: int = 4
     in_chans: int = 3
@@ -137,6 +141,9 @@ class ModelConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.backbone == "swin" and not self.window_size:
             raise ValueError("a Swin backbone needs window_size")
+        if self.semantic_init not in SEMANTIC_INITS:
+            raise ValueError(f"model config field semantic_init must be one of {SEMANTIC_INITS}, got "
+                             f"{self.semantic_init!r}")
         if self.attn_impl not in ("sdpa", "eager", "math"):
             raise ValueError(f"model config field attn_impl must be 'sdpa', 'eager' or 'math', got {self.attn_impl!r}")
         self._check_widths()

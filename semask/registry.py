@@ -46,10 +46,11 @@ def _swin(size: str, semantic: bool) -> dict[str, Any]:
 
 
 # Mask-classification decoders on SeMask Swin-L (detectron2 originals, reference §2.2 / §6.2). Untagged defaults =
-# the ADE20K release; `dec_layers` counts built layers (Mask2Former DEC_LAYERS 10 -> 9).
-_M2F = dict(dec_layers=9, decoder_dropout=0.0, enc_layers=6)
+# the ADE20K release; `dec_layers` counts built layers (Mask2Former DEC_LAYERS 10 -> 9). Their backbones start the
+# semantic layers as the detectron2 code does (`semantic_init`).
+_M2F = dict(dec_layers=9, decoder_dropout=0.0, enc_layers=6, semantic_init="detectron2")
 _MASK = {
-    "maskformer": dict(semantic_attention=(W, W, W, G), dec_layers=6, decoder_dropout=0.1),
+    "maskformer": dict(semantic_attention=(W, W, W, G), dec_layers=6, decoder_dropout=0.1, semantic_init="detectron2"),
     "mask2former": dict(_M2F, semantic_attention=(W, W, W, G)),
     "fapn_mask2former": dict(_M2F, semantic_attention=(W, W, G, G)),
     "msfapn_mask2former": dict(_M2F, semantic_attention=(W, W, G, G)),
@@ -108,7 +109,8 @@ ARCHS: dict[str, dict[str, Any]] = {
     "test_swin_fpn": dict(_TEST),
     **{f"semask_swin_large_{d}": dict(_swin("large", semantic=True), decoder=d, **f) for d, f in _MASK.items()},
     **{f"test_semask_{d}": dict(_TEST_MASK, decoder=d, **{k: v for k, v in f.items() if k in ("semantic_attention",
-                                                                                               "decoder_dropout")})
+                                                                                               "decoder_dropout",
+                                                                                               "semantic_init")})
        for d, f in _MASK.items()},
     **{f"semask_mit_{s}_segformer": _mit(s, semantic=True) for s in _MIT},
     **{f"mit_{s}_segformer": _mit(s, semantic=False) for s in _MIT},

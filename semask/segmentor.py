@@ -102,7 +102,7 @@ def _build_backbone(c: ModelConfig) -> SwinBackbone | MiTBackbone:
     semantic = dict(semantic_attention=c.semantic_attention, sem_window_size=c.sem_window_size,
                     sem_num_classes=c.prior_classes if c.semantic else None, num_sem_blocks=c.num_sem_blocks,
                     attn_impl=c.attn_impl, mlp_ratio=c.mlp_ratio, in_chans=c.in_chans,
-                    drop_path_rate=c.drop_path_rate)
+                    drop_path_rate=c.drop_path_rate, semantic_init=c.semantic_init)
     if c.backbone == "mit":
         return MiTBackbone(embed_dims=c.stage_dims, depths=c.depths, num_heads=c.num_heads,
                            sr_ratios=c.mit_sr_ratios, patch_sizes=c.mit_patch_sizes, strides=c.mit_strides,

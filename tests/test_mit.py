@@ -262,3 +262,14 @@ def test_stage_sizes_are_the_feature_map_sizes() -> None:
         sizes = [stage_sizes(n, cfg.mit_patch_sizes, cfg.mit_strides) for n in hw]
         assert [tuple(f.shape[-2:]) for f in feats] == list(zip(*sizes, strict=True))
         assert sizes[0] == [-(-hw[0] // s) for s in (4, 8, 16, 32)]
+
+
+def test_segformer_classifier_starts_as_nvlabs():
+    """NVlabs' SegFormerHead classifier `linear_pred` is a plain Conv2d with torch's default init (mmseg's
+    normal(0, .01) goes to the unused `conv_seg`): uniform within 1/sqrt(fan_in), biases too."""
+    torch.manual_seed(0)
+    head = semask.create_model("mit_b0_segformer").decode_head
+    bound = head.linear_pred.in_channels ** -0.5
+    w, b = head.linear_pred.weight, head.linear_pred.bias
+    assert w.abs().max() <= bound and w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert b.abs().max() <= bound and b.abs().max() > bound / 2

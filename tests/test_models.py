@@ -263,3 +263,31 @@ def test_reset_classifier_keeps_only_the_preprocessing_of_a_record_that_no_longe
     assert model.pretrained_cfg == {"preprocessing": {"mean": [0, 0, 0]}}
     predictor = semask.Predictor(model)  # classes generated for the new count, the weights' normalisation kept
     assert len(predictor.classes.names) == 3
+
+
+def test_semantic_layers_start_as_each_original_starts_them() -> None:
+    """SeMask-FPN (mmseg's init_weights): trunc-normal .02 on every semantic Linear. The MaskFormer family
+    (detectron2 never calls the backbone's init_weights): SemanticAttention's own init, kaiming-normal q/k/v, zero
+    mlp_res and biases, gamma 0; so the semantic residual gets no gradient and only the prior maps train, as in
+    the original. reset_classifier re-creates the class projections by the same rule."""
+    torch.manual_seed(0)
+    fpn = semask.create_model("semask_swin_large_fpn", depths=(1, 1, 1, 1))
+    m2f = semask.create_model("semask_swin_large_mask2former", depths=(1, 1, 1, 1))
+    assert (fpn.config.semantic_init, m2f.config.semantic_init) == ("mmseg", "detectron2")
+    for model, q_std in ((fpn, 0.02), (m2f, (2 / 192) ** 0.5)):
+        attn = model.backbone.layers[0].semantic_layer.class_injection[0]
+        assert attn.mlp_cls_q.weight.std().item() == pytest.approx(q_std, rel=0.05)
+        assert float(attn.gamma) == 0.0 and not attn.mlp_cls_q.bias.any()
+        assert bool(attn.mlp_res.weight.any()) == (model is fpn)
+    m2f.reset_classifier(7)
+    attn = m2f.backbone.layers[0].semantic_layer.class_injection[0]
+    assert attn.mlp_cls_q.weight.std().item() == pytest.approx((2 / 192) ** 0.5, rel=0.05)
+    tiny = semask.create_model("test_semask_mask2former").train()
+    out = tiny(torch.randn(2, 3, 64, 64))
+    (out["pred_masks"].square().mean() + out["prior_logits"].square().mean()).backward()
+    for layer in tiny.backbone.layers:
+        attn = layer.semantic_layer.class_injection[0]
+        assert not attn.gamma.grad.any() and not attn.mlp_res.weight.grad.any()
+        assert attn.mlp_cls_q.weight.grad.abs().sum() > 0  # the prior maps train
+    with pytest.raises(ValueError, match="semantic_init must be one of"):
+        semask.create_model("test_semask_swin_fpn", semantic_init="timm")

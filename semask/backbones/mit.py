@@ -25,7 +25,7 @@ from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import add_residual, check_image_batch, drop_path_rates, gelu, is_tracing
-from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
+from .semantic_layer import SemanticLayer, build_semantic_layers, init_semantic_layers, init_transformer_weights
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -158,7 +158,8 @@ class MiTBackbone(nn.Module):
                  strides: Sequence[int] = (4, 2, 2, 2), mlp_ratio: float = 4.0, in_chans: int = 3,
                  drop_path_rate: float = 0.1, semantic_attention: Sequence[str] | None = None,
                  sem_window_size: int | None = None, sem_num_classes: int | None = None,
-                 num_sem_blocks: int | Sequence[int] = 1, attn_impl: str = "sdpa") -> None:
+                 num_sem_blocks: int | Sequence[int] = 1, attn_impl: str = "sdpa",
+                 semantic_init: str = "mmseg") -> None:
         super().__init__()
         n = len(depths)
         per_stage = dict(embed_dims=embed_dims, num_heads=num_heads, sr_ratios=sr_ratios, patch_sizes=patch_sizes,
@@ -180,6 +181,7 @@ class MiTBackbone(nn.Module):
                                                       strict=True)))
         self.min_size = _min_input_size(patch_sizes, strides, sr_ratios)
         self.apply(_init_weights)
+        init_semantic_layers(self, semantic_init)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.layers:

@@ -126,6 +126,26 @@ def build_semantic_layers(dims: Sequence[int], semantic_attention: Sequence[str]
             for dim, kind, nb in zip(dims, semantic_attention, blocks, strict=True)]
 
 
+def init_semantic_layers(module: nn.Module, rule: str) -> None:
+    """Re-initialise the semantic layers in `module` by the original's rule, after the backbone's own init: "mmseg"
+    keeps it (mmseg's `init_weights` runs trunc-normal .02 over the whole backbone); "detectron2" is what the
+    MaskFormer-family backbones leave (their `init_weights` is never called, so only `SemanticAttention`'s
+    constructor init runs): kaiming-normal q/k/v/res weights, zero biases, then a zero `mlp_res` weight. With
+    `gamma` 0 as well, the semantic residual has no gradient there: only the prior maps train, as in the original."""
+    if rule == "mmseg":
+        return
+    if rule != "detectron2":
+        raise ValueError(f"semantic_init must be 'mmseg' or 'detectron2', got {rule!r}")
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, SemanticAttention):
+                for linear in (m.mlp_cls_q, m.mlp_cls_k, m.mlp_v, m.mlp_res):
+                    nn.init.kaiming_normal_(linear.weight)
+                    nn.init.zeros_(linear.bias)
+                nn.init.zeros_(m.mlp_res.weight)
+                nn.init.zeros_(m.gamma)
+
+
 def init_transformer_weights(m: nn.Module) -> None:
     """What every SeMask backbone shares (mmseg / SegFormer): trunc-normal(.02) Linear weights (the semantic layers'
     too), zero biases, LayerNorm 1/0, semantic-attention gamma 0 (the semantic path starts as a LayerNorm)."""

@@ -32,7 +32,7 @@ from ..layers import (
     to_windows,
     window_partition,
 )
-from .semantic_layer import SemanticLayer, build_semantic_layers, init_transformer_weights
+from .semantic_layer import SemanticLayer, build_semantic_layers, init_semantic_layers, init_transformer_weights
 
 MASK_VALUE = -100.0  # the original shift-mask value; the eager path keeps it for parity
 # The fused/fast paths use a value whose exp() underflows to an exact 0 in fp32 (anything <= -104 does): exp(-100)
@@ -300,7 +300,7 @@ class SwinBackbone(nn.Module):
                  mlp_ratio: float = 4.0, patch_size: int = 4, in_chans: int = 3, drop_path_rate: float = 0.3,
                  semantic_attention: Sequence[str] | None = None, sem_window_size: int | None = None,
                  sem_num_classes: int | None = None, num_sem_blocks: int | Sequence[int] = 1,
-                 attn_impl: str = "sdpa") -> None:
+                 attn_impl: str = "sdpa", semantic_init: str = "mmseg") -> None:
         super().__init__()
         n = len(depths)
         if len(num_heads) != n:
@@ -320,6 +320,7 @@ class SwinBackbone(nn.Module):
         for i, dim in enumerate(self.dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.apply(_init_weights)
+        init_semantic_layers(self, semantic_init)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.layers:

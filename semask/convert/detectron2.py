@@ -94,7 +94,7 @@ def infer_d2_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> ModelCo
         sem_num_classes=q.shape[0] if q.shape[0] != num_classes else None,
         hidden_dim=hidden, mask_dim=sd[PD + "mask_features.weight"].shape[0],
         conv_dim=sd[PD + "mask_features.weight"].shape[1], num_queries=sd[PR + "query_embed.weight"].shape[0],
-        nheads=overrides.get("nheads", DEFAULT_NHEADS))
+        nheads=overrides.get("nheads", DEFAULT_NHEADS), semantic_init="detectron2")
     if decoder == "maskformer":
         fields.update(dec_layers=_count(sd, re.escape(PR) + r"transformer\.decoder\.layers\.(\d+)\."),
                       dim_feedforward=sd[PR + "transformer.decoder.layers.0.linear1.weight"].shape[0],

@@ -40,12 +40,12 @@ class SegFormerHead(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # mmseg: ConvModule kaiming(fan_out, relu), BN 1/0, classifier normal(0, .01); linear_c keeps torch's default.
+        # NVlabs' SegFormer (mmseg): ConvModule kaiming(fan_out, relu), BN 1/0. linear_c and the classifier
+        # `linear_pred` keep torch's default: mmseg's BaseDecodeHead.init_weights only draws normal(0, .01) for its
+        # `conv_seg`, which SegFormerHead never uses.
         nn.init.kaiming_normal_(self.linear_fuse.conv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.ones_(self.linear_fuse.bn.weight)
         nn.init.zeros_(self.linear_fuse.bn.bias)
-        nn.init.normal_(self.linear_pred.weight, 0, 0.01)
-        nn.init.zeros_(self.linear_pred.bias)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-stage features [B, C_i, H_i, W_i] -> logits [B, K, H_0, W_0] at stride 4."""
