@@ -277,7 +277,7 @@ def test_semantic_layers_start_as_each_original_starts_them() -> None:
     for model, q_std in ((fpn, 0.02), (m2f, (2 / 192) ** 0.5)):
         attn = model.backbone.layers[0].semantic_layer.class_injection[0]
         assert attn.mlp_cls_q.weight.std().item() == pytest.approx(q_std, rel=0.05)
-        assert float(attn.gamma) == 0.0 and not attn.mlp_cls_q.bias.any()
+        assert not attn.gamma.any() and not attn.mlp_cls_q.bias.any()
         assert bool(attn.mlp_res.weight.any()) == (model is fpn)
     m2f.reset_classifier(7)
     attn = m2f.backbone.layers[0].semantic_layer.class_injection[0]
