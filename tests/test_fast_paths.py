@@ -343,10 +343,46 @@ def test_cpu_attention_kernels_are_the_chosen_ones(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
 def test_cuda_window_attention_runs_a_fused_kernel():
     model = semask.create_model("test_semask_swin_fpn").eval().cuda().to(torch.bfloat16)
-    x = torch.randn(1, 3, 75, 97, device="cuda", dtype=torch.bfloat16)
-    with torch.inference_mode():
-        got = attention_kernels(model, lambda: model(x), ATTENTION)
-    assert got["WindowAttention"] and got["WindowAttention"] <= FUSED, got
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, 75, 97, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            got = attention_kernels(model, lambda x=x: model(x), ATTENTION)
+        assert got["WindowAttention"] and got["WindowAttention"] <= FUSED, (batch, got)
+    model.train()
+    model(torch.randn(2, 3, 75, 97, device="cuda", dtype=torch.bfloat16))["logits"].float().sum().backward()
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_cuda_bias_layout_on_any_machine(monkeypatch, train):
+    """The CUDA-only bias padding (window 7: 49 -> 56 in storage) must leave a last-dim stride of 1 (GPU kernels
+    require it) and support batches of several images. Faked here by making every tensor claim to be on CUDA (the
+    branch only changes the layout): the same outputs and gradients as the plain CPU layout."""
+    torch.manual_seed(0)
+    attn = WindowAttention(32, 4, 7).train(train)
+    torch.nn.init.trunc_normal_(attn.relative_position_bias_table, std=0.02)
+    mask = shift_mask(21, 21, 7, 3, torch.device("cpu"), FAST_MASK_VALUE)
+    x = torch.randn(2 * 9, 49, 32, requires_grad=train)
+    results = []
+    for fake in (False, True):
+        attn._bias_cache.clear()
+        attn.zero_grad()
+        with monkeypatch.context() as m:
+            if fake:
+                m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+            with torch.set_grad_enabled(train):
+                bias = attn.combined_bias(mask, torch.float32)
+                out = attn(x, mask)
+        assert bias.stride(-1) == 1 and bias.shape == (9, 4, 49, 49)
+        if fake:
+            assert bias.stride(-2) == 56  # padded to a multiple of 8 in storage
+        if train:
+            out.square().sum().backward()
+            results.append((out.detach(), attn.relative_position_bias_table.grad.clone()))
+        else:
+            results.append((out, None))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    if train:
+        torch.testing.assert_close(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("frozen_tables", [False, True])

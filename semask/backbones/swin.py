@@ -140,10 +140,11 @@ class WindowAttention(nn.Module):
             if mask is not None:
                 bias = bias + mask.unsqueeze(1)
             n = bias.shape[-1]
+            # contiguous first: the table gather leaves the heads innermost in memory, and F.pad keeps that layout
+            # (last-dim stride nH: GPU kernels need 1, and the batch>1 view below fails)
+            bias = bias.to(dtype).contiguous()
             if bias.is_cuda and n % 8:
-                bias = F.pad(bias.to(dtype), (0, 8 - n % 8))[..., :n]
-            else:
-                bias = bias.to(dtype).contiguous()
+                bias = F.pad(bias, (0, 8 - n % 8))[..., :n]
         if cacheable:
             if len(self._bias_cache) >= 16:  # many input sizes: keep the cache bounded
                 self._bias_cache.clear()
