@@ -71,7 +71,7 @@ def semantic(args: argparse.Namespace, dtype: torch.dtype) -> None:
     cfg = get_config("semask_swin_tiny_fpn")
     k, ws = cfg.sem_num_classes or cfg.num_classes, cfg.sem_window_size
     print(f"\nsemantic attention core (q/k width {k}, no scaling, single head), SeMask-T at {args.size}^2; the model "
-          f"runs 'plain' on CPU and 'sdpa' on CUDA")
+          f"runs 'plain' on every device")
     print(f"{'stage':>5} {'kind':>6} {'batch':>5} {'tokens':>6} {'C':>4} {'plain ms':>9} {'sdpa ms':>8} "
           f"{'pad8 ms':>8} {'same ms':>8} {'plain/best':>10}  kernels (sdpa, pad8, same)")
     pad = -k % 8

@@ -306,7 +306,7 @@ def test_semantic_attention_fused_projection_equals_three_linears():
     from semask.backbones.semantic_layer import SemanticAttention
 
     torch.manual_seed(0)
-    blk = SemanticAttention(24, 7, attn_impl="eager").eval()
+    blk = SemanticAttention(24, 7).eval()
     torch.nn.init.normal_(blk.gamma)
     x = torch.randn(5, 9, 24)
     with torch.no_grad():

@@ -415,6 +415,21 @@ def test_lr_multipliers_train_and_resume(data_root, tmp_path):
         [cfg.lr * g["lr_mult"] * again.scheduler.lr_lambdas[0](4) for g in again.optimizer.param_groups])
 
 
+def test_resume_into_fp16_from_a_run_without_it(data_root, reference, tmp_path, caplog):
+    """A run without amp=fp16 saved a disabled GradScaler (empty state): resuming with fp16 starts a fresh scale
+    instead of failing in GradScaler.load_state_dict."""
+    ref_out, trainer, _ = reference
+    ckpt = load_checkpoint(ref_out / "checkpoints" / "iter_0000006.pt")
+    assert ckpt["scaler"] == {}
+    scaler, trainer.scaler = trainer.scaler, torch.amp.GradScaler("cpu", enabled=True)  # amp=fp16's (on CUDA)
+    try:
+        with caplog.at_level("INFO"):
+            trainer.load_state_dict(ckpt)  # the checkpoint of its own last iteration: nothing else changes
+        assert "starting from a fresh one" in caplog.text and trainer.scaler.get_scale() == 2.0 ** 16
+    finally:
+        trainer.scaler = scaler
+
+
 def test_resume_with_other_lr_multipliers_is_a_clear_error(data_root, reference):
     """Other multipliers split the parameters into other groups: the optimizer state cannot be restored."""
     ref_out, _, _ = reference

@@ -27,7 +27,7 @@ ATTN_IMPLS = ("sdpa", "eager", "math")
 class SemanticAttention(nn.Module):
     """One SeMask attention block (`class_injection.j` in the original checkpoints)."""
 
-    def __init__(self, dim: int, num_classes: int, *, proj_drop: float = 0.1, attn_impl: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_classes: int, *, proj_drop: float = 0.1) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1))
         self.mlp_cls_q = nn.Linear(dim, num_classes)
@@ -35,7 +35,6 @@ class SemanticAttention(nn.Module):
         self.mlp_v = nn.Linear(dim, dim)
         self.mlp_res = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.attn_impl = attn_impl
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B', N, C] (already LayerNorm-ed) -> (prior logits [B', N, K], features [B', N, C])."""
@@ -45,12 +44,11 @@ class SemanticAttention(nn.Module):
         projs = (self.mlp_cls_q, self.mlp_cls_k, self.mlp_v)
         qkv = F.linear(x, torch.cat([m.weight for m in projs]), torch.cat([m.bias for m in projs]))
         q, k, v = qkv.split([m.out_features for m in projs], dim=-1)
-        # On CPU the plain formula is 1.3-5x faster than SDPA here (q/k width K != v width C: no fused CPU kernel).
-        if self.attn_impl != "sdpa" or x.device.type == "cpu":
-            y = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        else:
-            # Single head, q/k width K, v width C, no scaling: scale=1.0 reproduces the original formula.
-            y = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=1.0).squeeze(1)
+        # The plain formula on every device, whatever the model's `attn_impl`: SDPA has no fused kernel for q/k
+        # width K (150, 171, 19 classes) != v width C. On CPU it runs its math kernel, 1.1-2x slower than this
+        # (benchmarks/RESULTS.md); on CUDA flash needs equal widths and memory-efficient widths aligned to 8, so it
+        # would run the math kernel too (q/k zero-padded to 152 might reach memory-efficient: unmeasured, no GPU).
+        y = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         y = self.proj_drop(self.mlp_res(y))
         if not torch.is_grad_enabled():  # no graph: the same two ops, in place (no fresh [B', N, C] maps)
             return q, y.mul_(self.gamma).add_(x)
@@ -68,15 +66,14 @@ class SemanticLayer(nn.Module):
 
     recompute = True
 
-    def __init__(self, dim: int, num_classes: int, *, window_size: int | None, num_blocks: int = 1,
-                 attn_impl: str = "sdpa") -> None:
+    def __init__(self, dim: int, num_classes: int, *, window_size: int | None, num_blocks: int = 1) -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_sem_blocks must be >= 1, got {num_blocks}")
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim)
         self.class_injection = nn.ModuleList(
-            SemanticAttention(dim, num_classes, attn_impl=attn_impl) for _ in range(num_blocks))
+            SemanticAttention(dim, num_classes) for _ in range(num_blocks))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, H, W, C] -> (features [B, H, W, C], prior logits [B, H, W, K])."""
@@ -121,7 +118,7 @@ def build_semantic_layers(dims: Sequence[int], semantic_attention: Sequence[str]
     blocks = [num_sem_blocks] * n if isinstance(num_sem_blocks, int) else list(num_sem_blocks)
     if len(blocks) != n:
         raise ValueError(f"num_sem_blocks needs one count per stage ({n}), got {num_sem_blocks}")
-    return [SemanticLayer(dim, sem_num_classes, num_blocks=nb, attn_impl=attn_impl,
+    return [SemanticLayer(dim, sem_num_classes, num_blocks=nb,
                           window_size=sem_window_size if kind == "window" else None)
             for dim, kind, nb in zip(dims, semantic_attention, blocks, strict=True)]
 

@@ -259,7 +259,10 @@ class Trainer:
             group["lr_mult"] = mult  # the config's multipliers, as its lr (a checkpoint before them has none)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self._follow_config_schedule()
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        elif self.scaler.is_enabled():  # a run without fp16 saved a disabled scaler's empty state
+            _log.info("the checkpoint has no fp16 loss scale (it ran without amp=fp16): starting from a fresh one")
         self.iteration = int(ckpt["iteration"])
         self.best_miou = float(ckpt["best_miou"])
         self.records = [r for r in ckpt.get("records", []) if r["iter"] <= self.iteration]
