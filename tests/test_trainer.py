@@ -395,7 +395,7 @@ def test_default_recipe_on_a_mask_model_is_named(caplog):
     assert recipe_differences(TrainConfig(model="test_semask_swin_fpn"), model) == (None, {})
 
 
-def test_lr_multipliers_train_and_resume(data_root, tmp_path):
+def test_lr_multipliers_train_and_resume(data_root, tmp_path, caplog):
     """backbone_lr_mult scales the backbone groups' lr through the schedule; the log shows the config's lr, and a
     resume keeps the multipliers bit-exactly."""
     cfg = tiny_config(data_root, tmp_path, iters=4, backbone_lr_mult=0.5, eval_interval=100, ckpt_interval=2)
@@ -413,6 +413,16 @@ def test_lr_multipliers_train_and_resume(data_root, tmp_path):
         g["lr_mult"] for g in trainer.optimizer.param_groups]
     assert [g["lr"] for g in again.optimizer.param_groups] == pytest.approx(
         [cfg.lr * g["lr_mult"] * again.scheduler.lr_lambdas[0](4) for g in again.optimizer.param_groups])
+    # another multiplier (same groups): the config's wins, said as such, and the unchanged lr is not reported
+    with caplog.at_level("INFO"):
+        changed = Trainer(tiny_config(data_root, tmp_path, iters=6, backbone_lr_mult=0.25, eval_interval=100,
+                                      ckpt_interval=2), progress=False)
+    before = [g["lr_mult"] for g in trainer.optimizer.param_groups]
+    after = [0.25 if m == 0.5 else m for m in before]
+    assert f"lr multipliers: {before} -> {after}" in caplog.text and 0.5 in before
+    assert "was trained with lr=" not in caplog.text
+    assert [g["lr"] for g in changed.optimizer.param_groups] == pytest.approx(
+        [cfg.lr * g["lr_mult"] * changed.scheduler.lr_lambdas[0](4) for g in changed.optimizer.param_groups])
 
 
 def test_resume_into_fp16_from_a_run_without_it(data_root, reference, tmp_path, caplog):

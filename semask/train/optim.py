@@ -92,20 +92,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int, *, power
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
-def reschedule(scheduler: torch.optim.lr_scheduler.LambdaLR, fn: PolyWarmup, base_lr: float
-               ) -> dict[str, tuple[float, float]]:
+def reschedule(scheduler: torch.optim.lr_scheduler.LambdaLR, fn: PolyWarmup, base_lr: float, *,
+               saved_mult: float | None = None) -> dict[str, tuple[float, float]]:
     """Make a restored scheduler follow `fn` and `base_lr` from its restored iteration (mmseg's resume: the
     current config's schedule, not the checkpoint's); returns the settings that changed, {name: (old, new)}.
 
     LambdaLR's `load_state_dict` restores the checkpoint's PolyWarmup (total_iters, warmup, power) into the lambda,
     so without this a resume with a larger `iters` trains its extra iterations at lr 0. The lr is recomputed with
-    LambdaLR's own formula, so an unchanged schedule resumes bit-exactly."""
+    LambdaLR's own formula, so an unchanged schedule resumes bit-exactly. `saved_mult`: the first group's lr
+    multiplier when the scheduler's state was saved (default: its current one), to tell the saved lr apart from a
+    changed multiplier."""
     groups = scheduler.optimizer.param_groups
     old = vars(scheduler.lr_lambdas[0])
     changed = {k: (old.get(k), v) for k, v in vars(fn).items() if old.get(k) != v}
     mult = groups[0].get("lr_mult", 1.0)
-    if scheduler.base_lrs[0] != base_lr * mult:
-        changed["lr"] = (scheduler.base_lrs[0] / mult, base_lr)
+    saved_mult = mult if saved_mult is None else saved_mult
+    if scheduler.base_lrs[0] != base_lr * saved_mult:
+        changed["lr"] = (scheduler.base_lrs[0] / saved_mult, base_lr)
     scheduler.lr_lambdas = [fn] * len(groups)
     for group in groups:  # each group at the config's lr times its multiplier
         group["initial_lr"] = base_lr * group.get("lr_mult", 1.0)

@@ -255,10 +255,13 @@ class Trainer:
                              "backbone_lr_mult / head_lr_mult changed since it was written, or an older semask "
                              "grouped a mask-classification model's parameters as mmseg does; resume with its "
                              "settings and version, or start a new out_dir from its weights (pretrained=...)") from err
+        saved = [group.get("lr_mult", 1.0) for group in self.optimizer.param_groups]  # a checkpoint before: none
         for group, mult in zip(self.optimizer.param_groups, mults, strict=True):
-            group["lr_mult"] = mult  # the config's multipliers, as its lr (a checkpoint before them has none)
+            group["lr_mult"] = mult  # the config's multipliers win, as its lr
+        if saved != mults and self.rank == 0:
+            _log.info("resuming with the config's lr multipliers: %s -> %s (per parameter group)", saved, mults)
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self._follow_config_schedule()
+        self._follow_config_schedule(saved[0])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         elif self.scaler.is_enabled():  # a run without fp16 saved a disabled scaler's empty state
@@ -275,10 +278,11 @@ class Trainer:
             _log.warning("checkpoint from %d process(es), resuming on %d: RNG streams (dropout, drop path) differ",
                          len(rngs), self.world)
 
-    def _follow_config_schedule(self) -> None:
+    def _follow_config_schedule(self, saved_mult: float) -> None:
         """After the scheduler's state is restored: its iteration, the current config's schedule and lr (mmseg's
-        resume), so `iters=` can be raised to train longer. A changed lr is a warning (the config's wins)."""
-        changed = reschedule(self.scheduler, self._schedule(), self.cfg.lr)
+        resume), so `iters=` can be raised to train longer. A changed lr is a warning (the config's wins).
+        `saved_mult`: the checkpoint's lr multiplier of the first parameter group."""
+        changed = reschedule(self.scheduler, self._schedule(), self.cfg.lr, saved_mult=saved_mult)
         if self.rank != 0 or not changed:
             return
         if "lr" in changed:
