@@ -11,6 +11,9 @@ DECODERS = ("fpn", "segformer", "maskformer", "mask2former", "fapn_mask2former",
 BACKBONES = ("swin", "mit")
 SEMANTIC_KINDS = ("window", "global")
 SEMANTIC_INITS = ("mmseg", "detectron2")
+# "eager": the original formulas (shift mask -100); "math": the same unfused formulas with a shift-mask value that
+# underflows to exact 0 (denormal-safe); "sdpa": fused `scaled_dot_product_attention` where it pays.
+ATTN_IMPLS = ("sdpa", "eager", "math")
 
 # Value rules checked whenever a config is built or replaced: the builders would otherwise fail deep inside torch
 # (num_classes=2.5) or build a model that cannot train (num_classes=0, drop_path_rate=2.0).
@@ -144,7 +147,7 @@ class ModelConfig:
         if self.semantic_init not in SEMANTIC_INITS:
             raise ValueError(f"model config field semantic_init must be one of {SEMANTIC_INITS}, got "
                              f"{self.semantic_init!r}")
-        if self.attn_impl not in ("sdpa", "eager", "math"):
+        if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"model config field attn_impl must be 'sdpa', 'eager' or 'math', got {self.attn_impl!r}")
         self._check_widths()
 

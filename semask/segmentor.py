@@ -43,7 +43,7 @@ class Segmentor(nn.Module):
     def set_attn_impl(self, impl: str) -> None:
         """Switch every attention to "sdpa" (fused), "eager" (the original formula) or "math" (the same unfused
         formula with a denormal-safe shift mask)."""
-        from .backbones.semantic_layer import ATTN_IMPLS
+        from .config import ATTN_IMPLS
 
         if impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")

@@ -17,11 +17,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from ..config import ATTN_IMPLS, SEMANTIC_INITS
 from ..layers import from_windows, is_tracing, to_windows
-
-# "eager": the original formulas (shift mask -100); "math": the same unfused formulas with a shift-mask value that
-# underflows to exact 0 (denormal-safe); "sdpa": fused `scaled_dot_product_attention` where it pays.
-ATTN_IMPLS = ("sdpa", "eager", "math")
 
 
 class SemanticAttention(nn.Module):
@@ -131,8 +128,8 @@ def init_semantic_layers(module: nn.Module, rule: str) -> None:
     `gamma` 0 as well, the semantic residual has no gradient there: only the prior maps train, as in the original."""
     if rule == "mmseg":
         return
-    if rule != "detectron2":
-        raise ValueError(f"semantic_init must be 'mmseg' or 'detectron2', got {rule!r}")
+    if rule not in SEMANTIC_INITS:
+        raise ValueError(f"semantic_init must be one of {SEMANTIC_INITS}, got {rule!r}")
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, SemanticAttention):
